@@ -1,0 +1,166 @@
+"""Data for the lab: the MNIST splits, a Dataset, batching, seeding, the simplified FID,
+and the small file helpers every script shares (atomic writes, one-line CLI errors)."""
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+ROOT = Path(__file__).resolve().parent
+DATASET_DIR = ROOT / "dataset"
+# The 5:1:1 split. train/valid come from the official training set, shuffled with SPLIT_SEED.
+SPLIT_SIZES = {"train": 50_000, "valid": 10_000, "test": 10_000}
+SPLIT_SEED = 20240501
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+
+class LabError(Exception):
+    """A mistake the user can fix; scripts print it as one line instead of a traceback."""
+
+
+def run_cli(main) -> None:
+    """Run a script's main(), turning LabError into `error: ...` and exit code 2."""
+    try:
+        main()
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the
+    new one, never half of one."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise LabError(f"cannot write into {path.parent} ({error.strerror}): choose a writable folder") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs should be as readable as any other
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(obj, path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------- splits
+def resolve_split(split) -> Path:
+    """'train' / 'valid' / 'test' (or 'validation') name a committed split; anything else is a path."""
+    name = {"validation": "valid", "val": "valid"}.get(str(split), str(split))
+    if name in SPLIT_SIZES:
+        return DATASET_DIR / f"{name}.npz"
+    return Path(split)
+
+
+def recorded_sha256(path: Path):
+    """The checksum dataset/SHA256SUMS records for a committed split, or None for other files."""
+    sums = DATASET_DIR / "SHA256SUMS"
+    if path.resolve().parent != DATASET_DIR or not sums.is_file():
+        return None
+    for line in sums.read_text().splitlines():
+        digest, name = line.split()
+        if name == path.name:
+            return digest
+    return None
+
+
+def load_split(split):
+    """Return (images uint8 [N,28,28], labels int64 [N]) as numpy arrays, checked."""
+    path = resolve_split(split)
+    if not path.is_file():
+        raise LabError(f"data file {path} not found: use a split name (train, valid, test) or a path to an .npz "
+                       f"with 'images' and 'labels' (rebuild the splits with `python dataset/build.py`)")
+    raw = path.read_bytes()
+    expected = recorded_sha256(path)
+    if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
+        raise LabError(f"{path} is corrupt (sha256 differs from dataset/SHA256SUMS): restore it with "
+                       f"`git checkout -- {path.relative_to(ROOT)}` or `python dataset/build.py`")
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"]
+    except Exception as error:
+        raise LabError(f"{path} is not a readable .npz with arrays 'images' and 'labels' ({error})") from None
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+        raise LabError(f"{path}: 'images' must be uint8 [N, 28, 28], got {images.dtype} {list(images.shape)}")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise LabError(f"{path}: 'labels' must be {len(images)} integers, got {labels.dtype} {list(labels.shape)}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise LabError(f"{path}: labels must lie in 0-9, found {labels.min()}..{labels.max()}")
+    return images, labels.astype(np.int64)
+
+
+class MNISTDataset(Dataset):
+    """A whole split held as one float tensor, so a batch is an index slice, not 1,000 PIL calls.
+
+    Items are (image float32 [1,28,28] in [0,1], label int64)."""
+
+    def __init__(self, split="train", limit=None):
+        images, labels = load_split(split)
+        if limit:
+            images, labels = images[:limit], labels[:limit]
+        self.path = resolve_split(split)
+        self.images = torch.from_numpy(images).float().div_(255).unsqueeze(1)
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+    def batches(self, batch_size, shuffle=False, generator=None):
+        """Yield (images [B,1,28,28], labels [B]) for one pass over the split."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            index = order[start:start + batch_size]
+            yield self.images[index], self.labels[index]
+
+
+def set_random_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def to_uint8(images) -> np.ndarray:
+    """[0,1] floats -> uint8 pixels, clamped and rounded (not truncated)."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    return np.rint(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def cal_fid(real, gen) -> float:
+    """The lab's simplified FID between two image sets of one class, on the 0-1 scale:
+    ||m_gen - m_real||^2 + sum over pixels of (v_gen + v_real - 2 sqrt(v_gen v_real)),
+    with per-pixel means m and population variances v of the flattened images."""
+    real = np.asarray(real, dtype=np.float64).reshape(len(real), -1)
+    gen = np.asarray(gen, dtype=np.float64).reshape(len(gen), -1)
+    mean_real, mean_gen = real.mean(axis=0), gen.mean(axis=0)
+    var_real, var_gen = real.var(axis=0), gen.var(axis=0)
+    return float(np.sum((mean_gen - mean_real) ** 2)
+                 + np.sum(var_gen + var_real - 2 * np.sqrt(var_gen * var_real)))

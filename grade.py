@@ -1,0 +1,161 @@
+"""Grade inference outputs: SSIM, MSE, simplified FID, compression bonus, grade.
+
+    python grade.py                                   # every task whose outputs/<task>/ exists
+    python grade.py --Genwithlabel_output_dir outputs/Genwithlabel --no-VAE0label
+    python grade.py --test_data_path test             # insist on a split
+
+By default the split is the one the outputs were made from (their hyperparams.json says which,
+with its checksum). Results are printed and merged into grade_result.json.
+
+The grade (latent_dim read from the outputs' hyperparams.json):
+    bonus              = 0.2 + (1 - latent_dim / 784)
+    VAE0label grade    = min((5 SSIM + 50 max(0.1 - MSE, 0)) * bonus, 10)
+    Genwithlabel grade = min((10 SSIM + 100 max(0.1 - MSE, 0) + max(10 - FID, 0)) * bonus, 30)
+"""
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from skimage.metrics import structural_similarity
+from tqdm import tqdm
+
+from data_utils import ROOT, NUM_CLASSES, LabError, atomic_write_json, cal_fid, load_split, resolve_split, run_cli
+from tasks import SAMPLES_PER_LABEL, TASKS, default_output_dir
+
+GRADE_CAPS = {"VAE0label": 10.0, "Genwithlabel": 30.0}
+IMAGE_PIXELS = 784
+
+
+def compression_bonus(latent_dim: int) -> float:
+    return 0.2 + (1 - latent_dim / IMAGE_PIXELS)
+
+
+def grade(task: str, ssim: float, mse: float, latent_dim: int, fid: float = None, capped: bool = True) -> float:
+    """The lab's grade; capped=False gives the formula without its min(., cap)."""
+    if task == "VAE0label":
+        raw = 5 * ssim + 50 * max(0.1 - mse, 0)
+    else:
+        raw = 10 * ssim + 100 * max(0.1 - mse, 0) + max(10 - fid, 0)
+    score = raw * compression_bonus(latent_dim)
+    return min(score, GRADE_CAPS[task]) if capped else score
+
+
+def read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("L") if image.mode != "L" else image)
+    except FileNotFoundError:
+        raise LabError(f"missing {path}: rerun inference.py for this split") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise LabError(f"cannot read {path} ({error}): rerun inference.py") from None
+    if pixels.shape != (28, 28):
+        raise LabError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]}, expected 28x28: rerun inference.py")
+    return pixels
+
+
+def read_outputs_info(output_dir: Path) -> dict:
+    path = output_dir / "hyperparams.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"{path} is missing, so the latent_dim for the bonus is unknown: "
+                       f"write the outputs with inference.py") from None
+    except json.JSONDecodeError as error:
+        raise LabError(f"{path} is not valid JSON ({error}): rerun inference.py") from None
+
+
+def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
+    info = read_outputs_info(output_dir)
+    if info.get("task") != task:
+        raise LabError(f"{output_dir} holds outputs of task {info.get('task')}, not {task}: "
+                       f"pass the right --{task}_output_dir")
+    data_file = resolve_split(test_data_path) if test_data_path else Path(info["data_path"])
+    images, labels = load_split(data_file)
+    if hashlib.sha256(data_file.read_bytes()).hexdigest() != info["data_sha256"]:
+        raise LabError(f"{output_dir} was made from {info['data_path']}, not {data_file}: rerun inference.py "
+                       f"with --data_path {test_data_path}, or grade without --test_data_path")
+    num = info["num_images"]
+    real = images[:num].astype(np.float64)
+    recon = np.stack([read_png(output_dir / "recon" / f"recon_{i}.png")
+                      for i in tqdm(range(num), desc=f"{task}: read recon", leave=False)])
+    mse = float(np.mean(((real - recon) / 255.0) ** 2))
+    ssim = float(np.mean([structural_similarity(images[i], recon[i], data_range=255)
+                          for i in tqdm(range(num), desc=f"{task}: SSIM", leave=False)]))
+    latent_dim = int(info["latent_dim"])
+    result = {"ssim": ssim, "mse": mse, "latent_dim": latent_dim, "bonus": compression_bonus(latent_dim),
+              "data_path": str(data_file), "num_images": num}
+    fid = None
+    if task == "Genwithlabel":
+        fids = []
+        for label in range(NUM_CLASSES):
+            folder = output_dir / "gen" / str(label)
+            if not folder.is_dir():
+                raise LabError(f"missing {folder}: rerun inference.py (it writes gen/0 .. gen/9)")
+            files = sorted(folder.glob("*.png"))
+            if len(files) < SAMPLES_PER_LABEL[task]:
+                raise LabError(f"{folder} holds {len(files)} samples, expected {SAMPLES_PER_LABEL[task]}: "
+                               f"rerun inference.py")
+            generated = np.stack([read_png(f) for f in files]) / 255.0
+            fids.append(cal_fid(images[labels == label] / 255.0, generated))
+        fid = float(np.mean(fids))
+        result["fid"] = fid
+        result["fid_per_label"] = fids
+    result["score"] = grade(task, ssim, mse, latent_dim, fid)
+    result["score_uncapped"] = grade(task, ssim, mse, latent_dim, fid, capped=False)
+    return result
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for task in TASKS:
+        parser.add_argument(f"--{task}", action=argparse.BooleanOptionalAction, default=None,
+                            help=f"grade {task} (default: if its output folder exists)")
+        parser.add_argument(f"--{task}_output_dir", type=Path, default=default_output_dir(task),
+                            help=f"inference outputs of {task} (default outputs/{task})")
+    parser.add_argument("--test_data_path", default=None,
+                        help="split to grade against (default: the one the outputs were made from)")
+    parser.add_argument("--result_path", type=Path, default=ROOT / "grade_result.json",
+                        help="JSON file the results are merged into (default grade_result.json)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    chosen = {}
+    for task in TASKS:
+        wanted, folder = getattr(args, task), getattr(args, f"{task}_output_dir")
+        if wanted or (wanted is None and folder.is_dir()):
+            if not folder.is_dir():
+                raise LabError(f"output folder {folder} of {task} not found: run "
+                               f"`python inference.py --task {task}` first")
+            chosen[task] = folder
+    if not chosen:
+        raise LabError(f"nothing to grade: no {' or '.join(str(default_output_dir(t)) for t in TASKS)}; "
+                       f"run inference.py first or pass --<task>_output_dir")
+    results = {}
+    for task, folder in chosen.items():
+        started = time.perf_counter()
+        results[task] = grade_task(task, folder, args.test_data_path)
+        results[task]["seconds"] = round(time.perf_counter() - started, 2)
+        r = results[task]
+        print(f"{task:>12}: SSIM {r['ssim']:.4f}  MSE {r['mse']:.5f}"
+              + (f"  FID {r['fid']:.3f}" if "fid" in r else "")
+              + f"  latent_dim {r['latent_dim']}  bonus {r['bonus']:.4f}"
+              + f"  grade {r['score']:.2f} / {GRADE_CAPS[task]:g} (uncapped {r['score_uncapped']:.2f})"
+              + f"  [{r['num_images']} images of {Path(r['data_path']).name}, {r['seconds']} s]")
+    previous = {}
+    if args.result_path.is_file():
+        try:
+            previous = json.loads(args.result_path.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+    atomic_write_json(args.result_path, {**previous, **results})
+    print(f"results merged into {args.result_path}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,221 @@
+"""The student's part of the lab: a VAE, its loss, and a label-conditional generator.
+
+Contract (what train.py, inference.py and grade.py call):
+    model = VAE(latent_dim=8)                    # or GenModel(latent_dim=8)
+    recon_x, mu, log_var = model(x, labels)      # x: [B,1,28,28] or [B,28,28] in [0,1]
+    mu, log_var = model.encode(x)                # GenModel: model.encode(x, labels)
+    images = model.decode(z, labels)             # z ~ N(0, I) of shape [B, latent_dim]
+    loss = vae_loss(recon_x, x, mu, log_var, var)
+
+In train mode the code is sampled with the reparameterisation trick; in eval mode the
+posterior mean is used, so a reconstruction is deterministic.
+
+Regions between `# BEGIN SOLUTION <section>` and `# END SOLUTION` are what a student
+writes; `python -m tools.course starter` strips them (section numbers follow the handout).
+"""
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+NUM_CLASSES = 10
+IMAGE_PIXELS = 28 * 28
+
+
+def as_label_batch(labels, batch_size: int, device) -> torch.Tensor:
+    """Labels given as a Python int, a 0-dim tensor or a [B] tensor -> int64 tensor [B]."""
+    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
+    if labels.numel() == 1:
+        labels = labels.expand(batch_size)
+    if labels.shape != (batch_size,):
+        raise ValueError(f"expected {batch_size} labels (or one), got shape {list(labels.shape)}")
+    return labels
+
+
+class LatentPrior(nn.Module):
+    """A Gaussian per class fitted to the training codes, used only when generating.
+
+    Training pushes q(z|x) towards N(0, I) but never reaches it: the codes the decoder has
+    learned to read fill a smaller, tilted region, and N(0, I) draws land partly outside it
+    and decode to smudges. After training we fit N(m_c, S_c) to the posterior means of each
+    class and map the N(0, I) draw `eps` that inference feeds `decode` onto
+    z = m_c + L_c eps (L_c the Cholesky factor of S_c): still a draw from a fixed Gaussian,
+    so `decode(z ~ N(0, I), label)` keeps its meaning. Before fitting, m = 0 and L = I.
+    """
+
+    def __init__(self, latent_dim: int, num_classes: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_classes, latent_dim))
+        self.register_buffer("scale_tril", torch.eye(latent_dim).repeat(num_classes, 1, 1))
+
+    def forward(self, eps, class_index):
+        return self.mean[class_index] + torch.einsum("bij,bj->bi", self.scale_tril[class_index], eps)
+
+    @torch.no_grad()
+    def fit(self, codes, class_index):
+        for c in range(self.mean.shape[0]):
+            class_codes = codes[class_index == c].double()
+            if len(class_codes) <= codes.shape[1]:
+                continue  # too few codes for a covariance: keep N(0, I) for this class
+            cov = torch.cov(class_codes.T) + 1e-6 * torch.eye(codes.shape[1], dtype=torch.float64)
+            self.mean[c] = class_codes.mean(dim=0).float()
+            self.scale_tril[c] = torch.linalg.cholesky(cov).float()
+
+
+class ConvEncoder(nn.Module):
+    """[B,1,28,28] (+ optional extra features) -> (mu, log_var), each [B, latent_dim]."""
+
+    def __init__(self, latent_dim: int, extra_features: int = 0, width: int = 32, hidden: int = 256):
+        super().__init__()
+        # BEGIN SOLUTION 2.2.1
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),              # 28 -> 14
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),      # 14 -> 7
+        )
+        self.fc = nn.Sequential(nn.Linear(2 * width * 7 * 7 + extra_features, hidden), nn.LeakyReLU(0.2))
+        # One head for mu and log_var: log_var is unconstrained, unlike a variance.
+        self.head = nn.Linear(hidden, 2 * latent_dim)
+        # END SOLUTION
+
+    def forward(self, x, extra=None):
+        # BEGIN SOLUTION 2.2.2
+        h = self.conv(x.reshape(-1, 1, 28, 28)).flatten(1)
+        if extra is not None:
+            h = torch.cat([h, extra], dim=1)
+        mu, log_var = self.head(self.fc(h)).chunk(2, dim=1)
+        # exp(log_var) overflows float32 past ~88; clamping keeps a diverging run finite
+        # long enough for the trainer to report it.
+        return mu, log_var.clamp(-30.0, 20.0)
+        # END SOLUTION
+
+
+class ConvDecoder(nn.Module):
+    """[B, latent_dim (+ extra)] -> image means [B,28,28] in [0,1]."""
+
+    def __init__(self, latent_dim: int, extra_features: int = 0, width: int = 32, hidden: int = 256):
+        super().__init__()
+        # BEGIN SOLUTION 2.2.1
+        self.width = width
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim + extra_features, hidden), nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 2 * width * 7 * 7), nn.LeakyReLU(0.2),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # 7 -> 14
+            nn.ConvTranspose2d(width, 1, 4, stride=2, padding=1),                               # 14 -> 28
+        )
+        # END SOLUTION
+
+    def forward(self, z, extra=None):
+        # BEGIN SOLUTION 2.2.3
+        if extra is not None:
+            z = torch.cat([z, extra], dim=1)
+        h = self.fc(z).reshape(-1, 2 * self.width, 7, 7)
+        # A sigmoid keeps every pixel in [0, 1], the range of the data.
+        return torch.sigmoid(self.deconv(h)).reshape(-1, 28, 28)
+        # END SOLUTION
+
+
+class VAE(nn.Module):
+    """The label-free VAE of section 2 (task VAE0label): labels are accepted and ignored."""
+
+    def __init__(self, latent_dim: int = 8, width: int = 32, hidden: int = 256):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.encoder = ConvEncoder(latent_dim, width=width, hidden=hidden)
+        self.decoder = ConvDecoder(latent_dim, width=width, hidden=hidden)
+        self.prior = LatentPrior(latent_dim, num_classes=1)
+
+    def encode(self, x, labels=None):
+        return self.encoder(x)
+
+    def reparameterize(self, mu, log_var):
+        # BEGIN SOLUTION 2.2.4
+        if not self.training:
+            return mu  # reconstruct from the posterior mean: no sampling noise at test time
+        # z = mu + sigma * eps with eps ~ N(0, I): the randomness sits in eps, so gradients
+        # flow through mu and sigma = exp(log_var / 2) to the encoder.
+        eps = torch.randn_like(mu)
+        return mu + eps * torch.exp(0.5 * log_var)
+        # END SOLUTION
+
+    def decode(self, z, labels=None):
+        """Generate: z ~ N(0, I) is mapped through the fitted prior, then decoded."""
+        class_index = torch.zeros(len(z), dtype=torch.long, device=z.device)
+        return self.decoder(self.prior(z, class_index))
+
+    def forward(self, x, labels=None):
+        # BEGIN SOLUTION 2.2.4
+        mu, log_var = self.encode(x)
+        z = self.reparameterize(mu, log_var)
+        return self.decoder(z), mu, log_var
+        # END SOLUTION
+
+    @torch.no_grad()
+    def fit_prior(self, codes, labels):
+        self.prior.fit(codes, torch.zeros_like(labels))
+
+
+def vae_loss(recon_x, x, mu, log_var, var=0.5):
+    """Negative ELBO per image (up to a constant), averaged over the batch.
+
+    KL(N(mu, sigma^2) || N(0, I)) = sum_i 1/2 (-1 + sigma_i^2 + mu_i^2 - log sigma_i^2)
+    -log N(x; recon_x, var I)     = ||x - recon_x||^2 / (2 var) + const
+    """
+    # BEGIN SOLUTION 2.3
+    batch_size = x.shape[0]
+    # Flatten both: [B,1,28,28] - [B,28,28] would broadcast silently to [B,B,28,28].
+    x = x.reshape(batch_size, -1)
+    recon_x = recon_x.reshape(batch_size, -1)
+    kl = 0.5 * (-1 + log_var.exp() + mu.pow(2) - log_var).sum(dim=1)
+    reconstruction = (x - recon_x).pow(2).sum(dim=1) / (2 * var)
+    return (kl + reconstruction).mean()
+    # END SOLUTION
+
+
+class GenModel(nn.Module):
+    """Section 3: a conditional VAE. Encoder and decoder both see the label (one-hot), so
+    the code only has to carry the style of the digit, and decode(z, 5) draws a 5."""
+
+    def __init__(self, latent_dim: int = 8, width: int = 32, hidden: int = 256):
+        super().__init__()
+        # BEGIN SOLUTION 3
+        self.latent_dim = latent_dim
+        self.encoder = ConvEncoder(latent_dim, extra_features=NUM_CLASSES, width=width, hidden=hidden)
+        self.decoder = ConvDecoder(latent_dim, extra_features=NUM_CLASSES, width=width, hidden=hidden)
+        self.prior = LatentPrior(latent_dim, num_classes=NUM_CLASSES)
+        # END SOLUTION
+
+    def one_hot(self, labels, batch_size, device):
+        return F.one_hot(as_label_batch(labels, batch_size, device), NUM_CLASSES).float()
+
+    def encode(self, x, labels):
+        # BEGIN SOLUTION 3
+        return self.encoder(x, self.one_hot(labels, x.shape[0], x.device))
+        # END SOLUTION
+
+    def reparameterize(self, mu, log_var):
+        # BEGIN SOLUTION 3
+        if not self.training:
+            return mu
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+        # END SOLUTION
+
+    def decode(self, z, labels):
+        """Generate digits of class `labels` from z ~ N(0, I)."""
+        # BEGIN SOLUTION 3
+        class_index = as_label_batch(labels, len(z), z.device)
+        z = self.prior(z, class_index)
+        return self.decoder(z, F.one_hot(class_index, NUM_CLASSES).float())
+        # END SOLUTION
+
+    def forward(self, x, labels):
+        # BEGIN SOLUTION 3
+        condition = self.one_hot(labels, x.shape[0], x.device)
+        mu, log_var = self.encoder(x, condition)
+        z = self.reparameterize(mu, log_var)
+        return self.decoder(z, condition), mu, log_var
+        # END SOLUTION
+
+    @torch.no_grad()
+    def fit_prior(self, codes, labels):
+        self.prior.fit(codes, labels)

@@ -1,0 +1,101 @@
+"""Train the model of a task and save it.
+
+    python train.py --task VAE0label
+    python train.py --task Genwithlabel --latent_dim 8 --epochs 10
+    python train.py --task VAE0label --model demo              # model.py's MLP instead
+    python train.py --task Genwithlabel --load_from_checkpoint  # resume run checkpoints/Genwithlabel/run/
+
+A run writes checkpoints/<task>/<save_dir>/ (epoch_{N}.pth, hyperparams.json, loss_curve.png)
+and, when it finishes, the model alone as checkpoints/<task>/<save_dir>.pth, which
+inference.py reads. Ctrl-C saves interrupted.pth there; --load_from_checkpoint resumes.
+"""
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import torch
+
+from data_utils import ROOT, LabError, MNISTDataset, run_cli, set_random_seed
+from tasks import MODEL_FOR_TASK, TASKS, canonical_task
+from trainer import Trainer, TrainConfig, TrainingInterrupted, newest_run_checkpoint
+
+DEFAULTS = TrainConfig()
+
+HELP = {
+    "latent_dim": "size of the code z; the compression bonus is 0.2 + (1 - latent_dim/784)",
+    "batch_size": "images per optimiser step",
+    "epochs": "total epochs (a resumed run continues up to this number)",
+    "lr": "Adam learning rate",
+    "var": "decoder variance in vae_loss: the reconstruction term is ||x - recon_x||^2 / (2 var)",
+    "pred_step": "validate every N optimiser steps (0: never)",
+    "eval_num": "validation images per check (0: the whole split)",
+    "seed": "random seed (weights, shuffling, sampling)",
+    "keep_last": "keep the newest N epoch checkpoints",
+    "device": "auto (cuda, then mps, then cpu), or a torch device such as cpu or cuda:0",
+    "precision": "auto (bf16 autocast where the hardware has fast bf16, else fp32), fp32 or bf16",
+    "train_data": "training split: a name (train, valid, test) or an .npz path",
+    "valid_data": "validation split: a name or an .npz path",
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="VAE0label",
+                        help=f"{' or '.join(TASKS)} (aliases VAEwolabel, VAEOlabel); default %(default)s")
+    parser.add_argument("--model", choices=sorted(MODEL_FOR_TASK), default="submission",
+                        help="submission: submission.py's model for the task; demo: model.py's MLP (default %(default)s)")
+    parser.add_argument("--save_dir", default="run",
+                        help="run name under checkpoints/<task>/, or a path containing '/' (default %(default)s)")
+    for field in dataclasses.fields(TrainConfig):
+        if field.name in HELP:
+            default = getattr(DEFAULTS, field.name)
+            parser.add_argument(f"--{field.name}", type=type(default), default=default,
+                                help=f"{HELP[field.name]} (default {default})")
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
+    parser.add_argument("--load_from_checkpoint", action=argparse.BooleanOptionalAction, default=False,
+                        help="resume the run in --save_dir from its newest checkpoint")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="resume from this checkpoint file")
+    parser.add_argument("--save_loss_plot", action=argparse.BooleanOptionalAction, default=True,
+                        help="write loss_curve.png into the run folder (default on)")
+    parser.add_argument("--show_loss_plot", action=argparse.BooleanOptionalAction, default=False,
+                        help="open the loss curve in a window at the end (default off)")
+    return parser.parse_args(argv)
+
+
+def run_dir(task: str, save_dir: str) -> Path:
+    return Path(save_dir) if "/" in save_dir else ROOT / "checkpoints" / task / save_dir
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    task = canonical_task(args.task)
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name in HELP}
+    config = TrainConfig(task=task, model=MODEL_FOR_TASK[args.model][task],
+                         save_dir=str(run_dir(task, args.save_dir)), **settings)
+    config.check()
+    if args.limit < 0:
+        raise LabError(f"--limit {args.limit} is negative: use 0 for the whole split or a positive count")
+
+    set_random_seed(config.seed)
+    train_data = MNISTDataset(config.train_data, limit=args.limit or None)
+    valid_data = MNISTDataset(config.valid_data)
+    trainer = Trainer(config, train_data, valid_data)
+    print("config: " + ", ".join(f"{k}={v}" for k, v in trainer.hyperparams().items()))
+    print(f"data: {len(train_data)} training images from {train_data.path}, "
+          f"validation on {valid_data.path}; {torch.get_num_threads()} CPU threads")
+
+    resume_from = args.checkpoint
+    if args.load_from_checkpoint and resume_from is None:
+        resume_from = newest_run_checkpoint(config.save_dir)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    try:
+        trainer.train(save_loss_plot=args.save_loss_plot, show_loss_plot=args.show_loss_plot)
+    except TrainingInterrupted as message:
+        print(f"interrupted by {message}", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_cli(main)
