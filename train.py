@@ -27,6 +27,7 @@ HELP = {
     "batch_size": "images per optimiser step",
     "epochs": "total epochs (a resumed run continues up to this number)",
     "lr": "Adam learning rate",
+    "lr_schedule": "constant, or cosine (decays to lr/20 over the run)",
     "var": "decoder variance in vae_loss: the reconstruction term is ||x - recon_x||^2 / (2 var)",
     "pred_step": "validate every N optimiser steps (0: never)",
     "eval_num": "validation images per check (0: the whole split)",

@@ -49,6 +49,7 @@ class TrainConfig:
     batch_size: int = 128
     epochs: int = 10
     lr: float = 2e-3
+    lr_schedule: str = "cosine"
     var: float = 0.02
     pred_step: int = 100
     eval_num: int = 5000
@@ -77,6 +78,8 @@ class TrainConfig:
             if not (low <= value <= high) or value != value:
                 raise LabError(f"--{name} {value} is out of range: use a value in [{low:g}, {high:g}]"
                                + (f" ({why})" if why else ""))
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise LabError(f"--lr_schedule {self.lr_schedule}: choose constant or cosine")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise LabError(f"--precision {self.precision}: choose auto, fp32 or bf16")
 
@@ -231,6 +234,14 @@ class Trainer:
               + (f", {self.batch_in_epoch} batches into epoch {self.epoch + 1}" if self.batch_in_epoch else ""))
 
     # -------------------------------------------------------------- steps
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """The learning rate of step `step` (0-based): a pure function of the step, so a
+        resumed run needs no scheduler state. Cosine decays to 1/20 of --lr at the last step."""
+        if self.config.lr_schedule == "constant":
+            return self.config.lr
+        progress = min(step / max(total_steps - 1, 1), 1.0)
+        return self.config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
     def epoch_order(self, epoch: int) -> torch.Tensor:
         # The shuffle of each epoch depends only on (seed, epoch), so a resumed run
         # replays exactly the batches an uninterrupted one would.
@@ -333,6 +344,8 @@ class Trainer:
                         raise LabError(f"the loss became {loss.item()} at step {self.step + 1} (epoch {epoch}): "
                                        f"lower --lr or raise --var; the last good checkpoint in {self.save_dir} "
                                        f"is kept")
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = self.lr_at(self.step, batches_per_epoch * config.epochs)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()

@@ -1,0 +1,137 @@
+"""train.py -> inference.py -> grade.py through subprocesses, on a tiny budget."""
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from conftest import TINY_TRAIN, run
+from data_utils import cal_fid, load_split
+from tasks import SAMPLES_PER_LABEL, canonical_task
+
+
+@pytest.fixture(scope="module")
+def outputs(trained, tiny_valid, tmp_path_factory):
+    """Inference outputs of both tiny models on the 200-image split, and their grades."""
+    base = tmp_path_factory.mktemp("outputs")
+    for task, (_, checkpoint) in trained.items():
+        run("inference.py", "--checkpoint_path", checkpoint, "--data_path", tiny_valid, "--save_dir", base / task)
+    result = run("grade.py", "--VAE0label_output_dir", base / "VAE0label",
+                 "--Genwithlabel_output_dir", base / "Genwithlabel", "--result_path", base / "grade_result.json")
+    return base, json.loads((base / "grade_result.json").read_text()), result.stdout
+
+
+def test_training_run_files(trained):
+    for task, (run_dir, checkpoint) in trained.items():
+        assert (run_dir / "epoch_1.pth").is_file() and checkpoint.is_file()
+        assert (run_dir / "loss_curve.png").is_file()
+        params = json.loads((run_dir / "hyperparams.json").read_text())
+        assert params["task"] == task and params["latent_dim"] == {"VAE0label": 6, "Genwithlabel": 4}[task]
+
+
+def test_inference_writes_the_spec_layout(outputs):
+    base, _, _ = outputs
+    for task in ("VAE0label", "Genwithlabel"):
+        folder = base / task
+        assert len(list((folder / "recon").glob("recon_*.png"))) == 200
+        for label in range(10):
+            assert len(list((folder / "gen" / str(label)).glob("*.png"))) == SAMPLES_PER_LABEL[task]
+        with Image.open(folder / "recon" / "recon_0.png") as image:
+            assert image.mode == "L" and image.size == (28, 28)
+        for picture in ("samples.png", "recon.png"):
+            assert (folder / picture).stat().st_size > 500
+        info = json.loads((folder / "hyperparams.json").read_text())
+        assert info["task"] == task and info["num_images"] == 200
+
+
+def test_grade_json_and_bonus_use_the_trained_latent_dim(outputs):
+    _, result, stdout = outputs
+    for task, latent_dim in (("VAE0label", 6), ("Genwithlabel", 4)):
+        entry = result[task]
+        assert entry["latent_dim"] == latent_dim
+        assert entry["bonus"] == pytest.approx(0.2 + 1 - latent_dim / 784)
+        assert {"ssim", "mse", "score"} <= set(entry)
+        assert task in stdout
+    assert "fid" in result["Genwithlabel"] and "fid" not in result["VAE0label"]
+
+
+def test_grade_numbers_match_an_independent_computation(outputs, tiny_valid):
+    base, result, _ = outputs
+    images, labels = load_split(tiny_valid)
+    folder = base / "Genwithlabel"
+    recon = np.stack([np.array(Image.open(folder / "recon" / f"recon_{i}.png")) for i in range(200)])
+    ssim = np.mean([structural_similarity(images[i], recon[i], data_range=255) for i in range(200)])
+    mse = np.mean((images / 255.0 - recon / 255.0) ** 2)
+    fid = np.mean([cal_fid(images[labels == c] / 255.0,
+                           np.stack([np.array(Image.open(p)) for p in (folder / "gen" / str(c)).glob("*.png")]) / 255.0)
+                   for c in range(10)])
+    entry = result["Genwithlabel"]
+    assert entry["ssim"] == pytest.approx(ssim, abs=1e-9) and entry["mse"] == pytest.approx(mse, abs=1e-12)
+    assert entry["fid"] == pytest.approx(fid, rel=1e-9)
+    bonus = 0.2 + 1 - 4 / 784
+    assert entry["score"] == pytest.approx(min((10 * ssim + 100 * max(0.1 - mse, 0) + max(10 - fid, 0)) * bonus, 30))
+
+
+def folder_digest(folder):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_inference_is_seeded_and_alias_accepted(trained, tiny_valid, outputs, tmp_path):
+    base, _, _ = outputs
+    run("inference.py", "--task", "VAEOlabel", "--checkpoint_path", trained["VAE0label"][1],
+        "--data_path", tiny_valid, "--save_dir", tmp_path / "again")
+    assert folder_digest(tmp_path / "again") == folder_digest(base / "VAE0label")
+
+
+def test_task_names_and_aliases():
+    assert canonical_task("VAEwolabel") == canonical_task("VAEOlabel") == "VAE0label"
+    result = run("train.py", "--task", "VAE1label", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown task 'VAE1label'" in result.stderr and "VAE0label" in result.stderr and "Genwithlabel" in result.stderr
+
+
+def test_bool_flags_work_both_ways(tmp_path, tiny_valid):
+    run("train.py", "--task", "VAEwolabel", "--model", "demo", "--latent_dim", 2, "--save_dir", tmp_path / "off",
+        "--valid_data", tiny_valid, "--no-save_loss_plot", *TINY_TRAIN)
+    assert (tmp_path / "off" / "epoch_1.pth").is_file() and not (tmp_path / "off" / "loss_curve.png").exists()
+    assert json.loads((tmp_path / "off" / "hyperparams.json").read_text())["model"] == "model.VAE"
+
+
+def test_inference_refuses_a_contradicting_latent_dim(trained, tmp_path):
+    result = run("inference.py", "--checkpoint_path", trained["Genwithlabel"][1], "--latent_dim", 20,
+                 "--save_dir", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "--latent_dim 20 contradicts" in result.stderr and "latent_dim 4" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = run("inference.py", "--checkpoint_path", trained["Genwithlabel"][1], "--task", "VAE0label",
+                 "--save_dir", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "trained for Genwithlabel" in result.stderr
+
+
+def test_grade_names_a_missing_png_and_keeps_old_results(outputs, tmp_path):
+    base, _, _ = outputs
+    broken = tmp_path / "Genwithlabel"
+    shutil.copytree(base / "Genwithlabel", broken)
+    (broken / "recon" / "recon_17.png").unlink()
+    results = tmp_path / "grade_result.json"
+    results.write_text('{"keep": 1}')
+    result = run("grade.py", "--Genwithlabel_output_dir", broken, "--no-VAE0label", "--result_path", results, check=False)
+    assert result.returncode == 2 and "recon_17.png" in result.stderr and "Traceback" not in result.stderr
+    assert results.read_text() == '{"keep": 1}'
+    shutil.rmtree(broken / "gen" / "3")
+    (broken / "recon" / "recon_17.png").write_bytes((base / "Genwithlabel" / "recon" / "recon_17.png").read_bytes())
+    result = run("grade.py", "--Genwithlabel_output_dir", broken, "--no-VAE0label", "--result_path", results, check=False)
+    assert result.returncode == 2 and "gen/3" in result.stderr
+
+
+def test_grade_refuses_outputs_of_another_split(outputs, tmp_path):
+    base, _, _ = outputs
+    result = run("grade.py", "--VAE0label_output_dir", base / "VAE0label", "--no-Genwithlabel",
+                 "--test_data_path", "test", "--result_path", tmp_path / "g.json", check=False)
+    assert result.returncode == 2 and "was made from" in result.stderr and not (tmp_path / "g.json").exists()

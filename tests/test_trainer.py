@@ -1,0 +1,76 @@
+"""Trainer: learning, hyperparams.json, checkpoints that rebuild the model, resume."""
+import json
+
+import pytest
+import torch
+
+from data_utils import LabError, MNISTDataset
+from trainer import Trainer, TrainConfig, load_checkpoint, model_from_checkpoint
+
+
+def make_trainer(tmp_path, epochs, **overrides):
+    settings = dict(task="Genwithlabel", model="submission.GenModel", latent_dim=3, batch_size=50, epochs=epochs,
+                    lr=2e-3, pred_step=2, eval_num=100, keep_last=2, save_dir=str(tmp_path / "run"), precision="fp32")
+    settings.update(overrides)
+    config = TrainConfig(**settings)
+    config.check()
+    torch.manual_seed(config.seed)
+    return Trainer(config, MNISTDataset("train", limit=300), MNISTDataset("valid", limit=100))
+
+
+def test_training_lowers_the_loss_and_writes_its_files(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3)
+    before = trainer.validate()
+    train_losses, valid_losses = trainer.train(save_loss_plot=True)
+    assert len(train_losses) == 3 * 6 and valid_losses[-1][1] < 0.8 * before
+    run = tmp_path / "run"
+    params = json.loads((run / "hyperparams.json").read_text())
+    assert params["latent_dim"] == 3 and params["task"] == "Genwithlabel" and params["batch_size"] == 50
+    assert params["trainable_parameters"] == sum(p.numel() for p in trainer.model.parameters())
+    # keep_last=2: only the two newest epochs stay
+    assert sorted(p.name for p in run.glob("epoch_*.pth")) == ["epoch_2.pth", "epoch_3.pth"]
+    assert (run / "loss_curve.png").stat().st_size > 1000
+
+    checkpoint = load_checkpoint(run / "epoch_3.pth")
+    assert checkpoint["epoch"] == 3 and checkpoint["step"] == 18 and checkpoint["model_kwargs"] == {"latent_dim": 3}
+    rebuilt = model_from_checkpoint(checkpoint).eval()
+    exported = model_from_checkpoint(load_checkpoint(tmp_path / "run.pth")).eval()
+    trainer.model.eval()
+    x, labels = trainer.valid_data.images[:8], trainer.valid_data.labels[:8]
+    expected = trainer.model(x, labels)[0]
+    assert torch.equal(rebuilt(x, labels)[0], expected) and torch.equal(exported(x, labels)[0], expected)
+    z = torch.randn(4, 3)
+    assert torch.equal(rebuilt.decode(z, 2), trainer.model.decode(z, 2))  # the fitted prior travels too
+    assert "optimizer_state_dict" not in load_checkpoint(tmp_path / "run.pth")
+
+
+def test_resume_continues_at_the_next_epoch(tmp_path):
+    make_trainer(tmp_path, epochs=1).train(save_loss_plot=False)
+    resumed = make_trainer(tmp_path, epochs=2)
+    resumed.resume(tmp_path / "run" / "epoch_1.pth")
+    assert resumed.epoch == 1 and resumed.step == 6 and len(resumed.train_losses) == 6
+    assert resumed.optimizer.state_dict()["state"]  # Adam moments came back
+    resumed.train(save_loss_plot=False)
+    second = load_checkpoint(tmp_path / "run" / "epoch_2.pth")
+    assert second["epoch"] == 2 and second["step"] == 12 and len(second["train_losses"]) == 12
+
+
+def test_resume_refuses_another_models_checkpoint(tmp_path):
+    make_trainer(tmp_path, epochs=1).train(save_loss_plot=False)
+    other = make_trainer(tmp_path, epochs=2, latent_dim=4)
+    with pytest.raises(LabError, match="latent_dim"):
+        other.resume(tmp_path / "run" / "epoch_1.pth")
+
+
+@pytest.mark.parametrize("field,value", [("latent_dim", 0), ("latent_dim", 1000), ("batch_size", 0),
+                                         ("epochs", -1), ("lr", 0.0), ("lr", 5.0), ("var", 0.0)])
+def test_config_rejects_absurd_values(field, value):
+    with pytest.raises(LabError, match=f"--{field}"):
+        TrainConfig(**{field: value}).check()
+
+
+def test_cosine_schedule_ends_at_a_twentieth(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1, lr_schedule="cosine")
+    assert trainer.lr_at(0, 100) == pytest.approx(2e-3)
+    assert trainer.lr_at(99, 100) == pytest.approx(1e-4)
+    assert make_trainer(tmp_path, epochs=1, lr_schedule="constant").lr_at(99, 100) == 2e-3
