@@ -1,0 +1,1 @@
+"""Instructor tools for running the lab as a course (see docs/course.md)."""
