@@ -10,8 +10,8 @@ Contract (what train.py, inference.py and grade.py call):
 In train mode the code is sampled with the reparameterisation trick; in eval mode the
 posterior mean is used, so a reconstruction is deterministic.
 
-Regions between `# BEGIN SOLUTION <section>` and `# END SOLUTION` are what a student
-writes; `python -m tools.course starter` strips them (section numbers follow the handout).
+The parts a student writes are marked with the handout's section numbers: 2.2.1 layers,
+2.2.2 encoder, 2.2.3 decoder, 2.2.4 forward and reparameterisation, 2.3 the loss, 3 GenModel.
 """
 import torch
 from torch import nn

@@ -5,7 +5,7 @@
 
 Each run goes through train.py, inference.py and grade.py as a user would run them, so the
 table measures the real pipeline. Rows are appended to OUT.csv and OUT.md as runs finish
-(an interrupted sweep keeps its finished rows); OUT.png plots grade against each varied
+(an interrupted sweep keeps its finished rows, and running it again skips them); OUT.png plots grade against each varied
 setting. Runs live in OUT_runs/ (checkpoints, outputs, grade JSON).
 """
 import argparse
@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from data_utils import LabError, atomic_write_bytes, run_cli  # noqa: E402
+from data_utils import LabError, atomic_write_bytes, atomic_write_json, run_cli  # noqa: E402
 from grade import GRADE_CAPS  # noqa: E402
 from tasks import TASKS  # noqa: E402
 from trainer import TrainConfig  # noqa: E402
@@ -55,6 +55,9 @@ def step(*args):
 
 def run_one(task, latent_dim, var, lr, epochs, split, runs_dir: Path, extra) -> dict:
     name = f"{task}_z{latent_dim}_var{var:g}_lr{lr:g}_e{epochs}"
+    finished = runs_dir / f"{name}.row.json"
+    if finished.is_file():  # a rerun of an interrupted sweep keeps the runs it finished
+        return json.loads(finished.read_text())
     started = time.perf_counter()
     step("train.py", "--task", task, "--latent_dim", latent_dim, "--var", var, "--lr", lr, "--epochs", epochs,
          "--save_dir", runs_dir / name, "--no-save_loss_plot", *extra)
@@ -65,11 +68,13 @@ def run_one(task, latent_dim, var, lr, epochs, split, runs_dir: Path, extra) -> 
     step("grade.py", f"--{task}_output_dir", runs_dir / f"{name}_outputs", f"--no-{other}",
          "--result_path", runs_dir / f"{name}.json")
     graded = json.loads((runs_dir / f"{name}.json").read_text())[task]
-    return {"task": task, "latent_dim": latent_dim, "var": var, "lr": lr, "epochs": epochs,
+    row = {"task": task, "latent_dim": latent_dim, "var": var, "lr": lr, "epochs": epochs,
             "train_seconds": round(train_seconds, 1), "ssim": round(graded["ssim"], 4),
             "mse": round(graded["mse"], 5), "fid": round(graded["fid"], 3) if "fid" in graded else "",
             "bonus": round(graded["bonus"], 4), "grade": round(graded["score"], 3),
             "grade_uncapped": round(graded["score_uncapped"], 3)}
+    atomic_write_json(finished, row)
+    return row
 
 
 def write_tables(rows, out: Path, title: str) -> None:
