@@ -31,6 +31,11 @@ def run_cli(main) -> None:
     try:
         main()
     except LabError as error:
+        # An error raised inside a loop leaves its progress bar open, and the message would be
+        # glued to the end of the bar's line: close the bars first.
+        from tqdm import tqdm
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
@@ -44,7 +49,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise LabError(f"cannot write into {path.parent} ({error.strerror}): choose a writable folder") from None
+        raise LabError(f"cannot write into {path.parent} ({why_unwritable(error)}): choose a writable folder") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -52,9 +57,27 @@ def atomic_write_bytes(path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs should be as readable as any other
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        Path(tmp).unlink(missing_ok=True)  # whatever stopped us (disk full, Ctrl-C), `path` is untouched
+        if isinstance(error, OSError):
+            raise LabError(f"cannot write {path} ({error.strerror or error}): the previous version, if any, "
+                           f"is unchanged; free some space or choose another folder") from None
         raise
+
+
+def why_unwritable(error: OSError) -> str:
+    # mkdir under a regular file fails with "File exists" or "Not a directory"; say what is wrong
+    if isinstance(error, (FileExistsError, NotADirectoryError)):
+        return "a file is in the way of the folder"
+    return error.strerror or str(error)
+
+
+def ensure_writable_folder(folder, flag: str) -> None:
+    """Create `folder` if needed, or fail with a one-line error before any long work starts."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise LabError(f"cannot write into {folder} ({why_unwritable(error)}): pass a writable {flag}") from None
 
 
 def atomic_write_json(path, obj) -> None:
@@ -77,14 +100,16 @@ def resolve_split(split) -> Path:
 
 
 def recorded_sha256(path: Path):
-    """The checksum dataset/SHA256SUMS records for a committed split, or None for other files."""
-    sums = DATASET_DIR / "SHA256SUMS"
-    if path.resolve().parent != DATASET_DIR or not sums.is_file():
+    """The checksum a SHA256SUMS file beside `path` records for it (dataset/SHA256SUMS for the
+    committed splits; a copied split can carry its own), or None when none is recorded."""
+    sums = path.resolve().parent / "SHA256SUMS"
+    if not sums.is_file():
         return None
     for line in sums.read_text().splitlines():
-        digest, name = line.split()
-        if name == path.name:
-            return digest
+        fields = line.split()
+        # `sha256sum` writes "DIGEST  NAME", or "DIGEST *NAME" in binary mode
+        if len(fields) == 2 and fields[1].lstrip("*") == path.name:
+            return fields[0].lower()
     return None
 
 
@@ -97,8 +122,10 @@ def load_split(split):
     raw = path.read_bytes()
     expected = recorded_sha256(path)
     if expected is not None and hashlib.sha256(raw).hexdigest() != expected:
-        raise LabError(f"{path} is corrupt (sha256 differs from dataset/SHA256SUMS): restore it with "
-                       f"`git checkout -- {path.relative_to(ROOT)}` or `python dataset/build.py`")
+        sums = path.resolve().parent / "SHA256SUMS"
+        fix = (f"restore it with `git checkout -- dataset/{path.name}` or `python dataset/build.py`"
+               if sums.parent == DATASET_DIR else "copy the file again from a good source")
+        raise LabError(f"{path} is corrupt (its sha256 differs from the one {sums} records): {fix}")
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
             images, labels = archive["images"], archive["labels"]

@@ -3,6 +3,7 @@
     python grade.py                                   # every task whose outputs/<task>/ exists
     python grade.py --Genwithlabel_output_dir outputs/Genwithlabel --no-VAE0label
     python grade.py --test_data_path test             # insist on a split
+    python grade.py --extended                        # also evaluation.py's measures (docs/evaluation.md)
 
 By default the split is the one the outputs were made from (their hyperparams.json says which,
 with its checksum). Results are printed and merged into grade_result.json.
@@ -23,11 +24,14 @@ from PIL import Image, UnidentifiedImageError
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from data_utils import ROOT, NUM_CLASSES, LabError, atomic_write_json, cal_fid, load_split, resolve_split, run_cli
+from data_utils import (ROOT, NUM_CLASSES, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
+                        resolve_split, run_cli)
 from tasks import SAMPLES_PER_LABEL, TASKS, default_output_dir
 
 GRADE_CAPS = {"VAE0label": 10.0, "Genwithlabel": 30.0}
 IMAGE_PIXELS = 784
+# What grade_task reads from the outputs' hyperparams.json (inference.py writes them all).
+OUTPUT_INFO_KEYS = ("task", "latent_dim", "data_path", "data_sha256", "num_images")
 
 
 def compression_bonus(latent_dim: int) -> float:
@@ -60,12 +64,16 @@ def read_png(path: Path) -> np.ndarray:
 def read_outputs_info(output_dir: Path) -> dict:
     path = output_dir / "hyperparams.json"
     try:
-        return json.loads(path.read_text())
+        info = json.loads(path.read_text())
     except FileNotFoundError:
         raise LabError(f"{path} is missing, so the latent_dim for the bonus is unknown: "
                        f"write the outputs with inference.py") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise LabError(f"{path} is not valid JSON ({error}): rerun inference.py") from None
+    missing = [key for key in OUTPUT_INFO_KEYS if not isinstance(info, dict) or key not in info]
+    if missing:
+        raise LabError(f"{path} lacks {', '.join(missing)}: it was not written by this inference.py; rerun it")
+    return info
 
 
 def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
@@ -78,7 +86,17 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
     if hashlib.sha256(data_file.read_bytes()).hexdigest() != info["data_sha256"]:
         raise LabError(f"{output_dir} was made from {info['data_path']}, not {data_file}: rerun inference.py "
                        f"with --data_path {test_data_path}, or grade without --test_data_path")
+    if task == "Genwithlabel":  # a missing sample folder is found before minutes of SSIM, not after
+        for label in range(NUM_CLASSES):
+            folder = output_dir / "gen" / str(label)
+            count = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+            if count < SAMPLES_PER_LABEL[task]:
+                raise LabError(f"{folder} holds {count} samples, expected {SAMPLES_PER_LABEL[task]}: "
+                               f"rerun inference.py (it writes gen/0 .. gen/9)")
     num = info["num_images"]
+    if not isinstance(num, int) or not 0 < num <= len(images):
+        raise LabError(f"{output_dir / 'hyperparams.json'} says num_images {num}, but {data_file} holds "
+                       f"{len(images)} images: rerun inference.py")
     real = images[:num].astype(np.float64)
     recon = np.stack([read_png(output_dir / "recon" / f"recon_{i}.png")
                       for i in tqdm(range(num), desc=f"{task}: read recon", leave=False)])
@@ -92,13 +110,7 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
     if task == "Genwithlabel":
         fids = []
         for label in range(NUM_CLASSES):
-            folder = output_dir / "gen" / str(label)
-            if not folder.is_dir():
-                raise LabError(f"missing {folder}: rerun inference.py (it writes gen/0 .. gen/9)")
-            files = sorted(folder.glob("*.png"))
-            if len(files) < SAMPLES_PER_LABEL[task]:
-                raise LabError(f"{folder} holds {len(files)} samples, expected {SAMPLES_PER_LABEL[task]}: "
-                               f"rerun inference.py")
+            files = sorted((output_dir / "gen" / str(label)).glob("*.png"))
             generated = np.stack([read_png(f) for f in files]) / 255.0
             fids.append(cal_fid(images[labels == label] / 255.0, generated))
         fid = float(np.mean(fids))
@@ -120,6 +132,16 @@ def parse_args(argv=None):
                         help="split to grade against (default: the one the outputs were made from)")
     parser.add_argument("--result_path", type=Path, default=ROOT / "grade_result.json",
                         help="JSON file the results are merged into (default grade_result.json)")
+    parser.add_argument("--extended", action=argparse.BooleanOptionalAction, default=False,
+                        help="also label accuracy, classifier FID, diversity and likelihood (evaluation.py), "
+                             "stored under <task>.extended; the lab's grade is unchanged")
+    parser.add_argument("--extended_num", type=int, default=1000,
+                        help="--extended: images the likelihood is estimated on, a random subset of the split "
+                             "(0: all; default 1000)")
+    parser.add_argument("--extended_k", type=int, default=100,
+                        help="--extended: importance samples per image for the likelihood bound (default 100)")
+    parser.add_argument("--classifier_path", type=Path, default=None,
+                        help="--extended: the digit classifier (default checkpoints/classifier.pth)")
     return parser.parse_args(argv)
 
 
@@ -136,6 +158,7 @@ def main(argv=None):
     if not chosen:
         raise LabError(f"nothing to grade: no {' or '.join(str(default_output_dir(t)) for t in TASKS)}; "
                        f"run inference.py first or pass --<task>_output_dir")
+    ensure_writable_folder(args.result_path.parent, "--result_path")  # before grading, not after
     results = {}
     for task, folder in chosen.items():
         started = time.perf_counter()
@@ -147,6 +170,11 @@ def main(argv=None):
               + f"  latent_dim {r['latent_dim']}  bonus {r['bonus']:.4f}"
               + f"  grade {r['score']:.2f} / {GRADE_CAPS[task]:g} (uncapped {r['score_uncapped']:.2f})"
               + f"  [{r['num_images']} images of {Path(r['data_path']).name}, {r['seconds']} s]")
+        if args.extended:
+            import evaluation  # only --extended needs torch; the lab's grade above is unchanged by it
+            r["extended"] = evaluation.extended_metrics(task, folder, r["data_path"], args.extended_num,
+                                                        args.extended_k, args.classifier_path)
+            print(evaluation.report(task, r["extended"]))
     previous = {}
     if args.result_path.is_file():
         try:

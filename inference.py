@@ -10,6 +10,7 @@ Task, latent_dim and model class come from the checkpoint. Writes into --save_di
     gen/{label}/{k}.png      decode(z ~ N(0, I), label): 10 per label (VAE0label) or 100 (Genwithlabel)
     hyperparams.json         the checkpoint's settings plus what this run read (split, checksum)
     recon.png, samples.png   originals above reconstructions; a sample grid, one row per label
+    interpolation.png, latent_map.png, loss_curve.png   see evaluation.write_pictures
 The folder is replaced whole only when everything is written.
 """
 import argparse
@@ -25,7 +26,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from data_utils import (NUM_CLASSES, LabError, MNISTDataset, atomic_write_bytes, atomic_write_json,
-                        resolve_split, run_cli, set_random_seed, to_uint8)
+                        ensure_writable_folder, resolve_split, run_cli, set_random_seed, to_uint8)
+from evaluation import write_pictures
 from tasks import SAMPLES_PER_LABEL, canonical_task, default_checkpoint, default_output_dir
 from trainer import epoch_number, load_checkpoint, model_from_checkpoint
 
@@ -148,6 +150,7 @@ def main(argv=None):
     data = MNISTDataset(args.data_path, limit=args.inf_num or None)
     data_file = resolve_split(args.data_path)
     save_dir = args.save_dir or default_output_dir(task)
+    ensure_writable_folder(save_dir.parent, "--save_dir")  # now, not after minutes of reconstruction
     print(f"{task}: {checkpoint['model']} latent_dim={latent_dim} from {checkpoint_path}; "
           f"reconstructing {len(data)} images of {data_file} into {save_dir}")
 
@@ -163,13 +166,18 @@ def main(argv=None):
     try:
         save_dir.parent.mkdir(parents=True, exist_ok=True)
         write_outputs(partial, recon, samples, to_uint8(data.images[:16].squeeze(1)), info)
+        write_pictures(partial, model, data, task, checkpoint_path)
         replace_folder(partial, save_dir)
-    except OSError as error:
+    except BaseException as error:
+        # Whatever stopped the write (disk full, Ctrl-C, an error), leave no half-written folder.
         shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(error, OSError):
+            raise
         raise LabError(f"cannot write outputs into {save_dir.parent} ({error.strerror}): "
                        f"pass a writable --save_dir") from None
     print(f"wrote {len(recon)} reconstructions and {samples.shape[0]}x{samples.shape[1]} samples to {save_dir} "
-          f"(see recon.png and samples.png); grade with: python grade.py --{task}_output_dir {save_dir}")
+          f"(see recon.png, samples.png, interpolation.png, latent_map.png); grade with: "
+          f"python grade.py --{task}_output_dir {save_dir}")
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def parse_args(argv=None):
                                 help=f"{HELP[field.name]} (default {default})")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
     parser.add_argument("--load_from_checkpoint", action=argparse.BooleanOptionalAction, default=False,
-                        help="resume the run in --save_dir from its newest checkpoint")
+                        help="resume the run in --save_dir from its newest checkpoint (interrupted.pth or "
+                             "epoch_N.pth, whichever has more steps; --checkpoint only if the folder has none)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="resume from this checkpoint file")
     parser.add_argument("--save_loss_plot", action=argparse.BooleanOptionalAction, default=True,
                         help="write loss_curve.png into the run folder (default on)")
@@ -87,8 +88,15 @@ def main(argv=None):
           f"validation on {valid_data.path}; {torch.get_num_threads()} CPU threads")
 
     resume_from = args.checkpoint
-    if args.load_from_checkpoint and resume_from is None:
-        resume_from = newest_run_checkpoint(config.save_dir)
+    if args.load_from_checkpoint:
+        # The run folder's own newest state wins over --checkpoint: after an interrupt, "the same
+        # command plus --load_from_checkpoint" must continue from interrupted.pth, not start over
+        # from the file the interrupted run had itself resumed from.
+        try:
+            resume_from = newest_run_checkpoint(config.save_dir)
+        except LabError:
+            if resume_from is None:
+                raise
     if resume_from is not None:
         trainer.resume(resume_from)
     try:

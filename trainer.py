@@ -24,8 +24,9 @@ import pickle
 import random
 import re
 import signal
+import sys
 import time
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,9 +36,12 @@ from tqdm import tqdm
 
 from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from submission import vae_loss
-from tasks import build_model
+from tasks import TASKS, build_model
 
 CHECKPOINT_FORMAT = 1
+# What every checkpoint (exported model or run checkpoint) must hold for the scripts to use it.
+REQUIRED_KEYS = ("task", "model", "model_kwargs", "hyperparams", "epoch", "step", "batch_in_epoch",
+                 "model_state_dict")
 
 
 @dataclass
@@ -47,10 +51,10 @@ class TrainConfig:
     model: str = "submission.VAE"
     latent_dim: int = 8
     batch_size: int = 128
-    epochs: int = 10
+    epochs: int = 16
     lr: float = 2e-3
     lr_schedule: str = "cosine"
-    var: float = 0.02
+    var: float = 0.01
     pred_step: int = 100
     eval_num: int = 5000
     seed: int = 42
@@ -117,23 +121,42 @@ def load_checkpoint(path) -> dict:
     if not path.is_file():
         raise LabError(f"checkpoint {path} not found: train one with train.py or pass --checkpoint_path")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; we report below
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported object"
+        # torch's message is a paragraph; the line naming what was refused is the useful one
+        lines = [line.strip() for line in str(error).splitlines()]
+        detail = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
+                      "an object outside tensors, numbers, strings and containers")
         raise LabError(f"refused to load {path}: it needs arbitrary pickled code to load, which could run "
-                       f"anything ({first[:120]}); only load checkpoints written by this lab's trainer") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise LabError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:120]}): "
+                       f"anything ({detail[:120]}); only load checkpoints written by this lab's trainer") from None
+    except Exception as error:  # torch raises RuntimeError, EOFError, IndexError, ... on damaged files
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise LabError(f"{path} is truncated or corrupt ({detail[:120]}): "
                        f"use another checkpoint or retrain") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise LabError(f"{path} is not a checkpoint of this lab (no format {CHECKPOINT_FORMAT} header): "
                        f"train one with train.py")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise LabError(f"{path} lacks {', '.join(missing)}, so it is damaged or hand-made: "
+                       f"use a checkpoint written by train.py")
+    if checkpoint["task"] not in TASKS:
+        raise LabError(f"{path} was trained for an unknown task {checkpoint['task']!r}: "
+                       f"expected one of {', '.join(TASKS)}")
     return checkpoint
 
 
 def model_from_checkpoint(checkpoint: dict, path="checkpoint"):
     """Rebuild the network a checkpoint names and load its weights."""
-    model = build_model(checkpoint["model"], **checkpoint["model_kwargs"])
+    try:
+        model = build_model(checkpoint["model"], **checkpoint["model_kwargs"])
+    except LabError as error:  # a class outside tasks.MODEL_CLASSES
+        raise LabError(f"{path}: {error}") from None
+    except TypeError as error:  # model_kwargs the class does not take
+        raise LabError(f"{path} asks for {checkpoint['model']}({checkpoint['model_kwargs']}), which the code "
+                       f"cannot build ({error}): retrain, or restore the code it was trained with") from None
     try:
         model.load_state_dict(checkpoint["model_state_dict"])
     except RuntimeError as error:
@@ -147,11 +170,18 @@ def newest_run_checkpoint(run_dir) -> Path:
     """The resumable checkpoint of a run folder with the most optimiser steps."""
     run_dir = Path(run_dir)
     candidates = [run_dir / "interrupted.pth"] + sorted(run_dir.glob("epoch_*.pth"), key=epoch_number)[-1:]
-    candidates = [c for c in candidates if c.is_file()]
-    if not candidates:
-        raise LabError(f"no checkpoint to resume in {run_dir}: train without --load_from_checkpoint first, "
-                       f"or pass --checkpoint PATH")
-    return max(candidates, key=lambda c: load_checkpoint(c)["step"])
+    steps = {}
+    for candidate in candidates:
+        if not candidate.is_file():
+            continue
+        try:
+            steps[candidate] = load_checkpoint(candidate)["step"]
+        except LabError as error:  # a damaged file must not hide the good one beside it
+            print(f"skipping {error}", file=sys.stderr)
+    if not steps:
+        raise LabError(f"no usable checkpoint to resume in {run_dir}: train without --load_from_checkpoint "
+                       f"first, or pass --checkpoint PATH")
+    return max(steps, key=steps.get)
 
 
 def epoch_number(path: Path) -> int:
@@ -208,6 +238,11 @@ class Trainer:
                 "numpy_pos": int(np.random.get_state()[2]),
                 "python": list(random.getstate()[1]),
             }
+            # The sampling noise of the reparameterisation comes from the device's own generator.
+            if self.device.type == "cuda":
+                state["rng_state"]["cuda"] = torch.cuda.get_rng_state(self.device)
+            elif self.device.type == "mps":
+                state["rng_state"]["mps"] = torch.mps.get_rng_state()
         return state
 
     def resume(self, path) -> None:
@@ -220,6 +255,12 @@ class Trainer:
             if checkpoint[key] != mine:
                 raise LabError(f"cannot resume from {path}: it was trained with {key}={checkpoint[key]}, "
                                f"this run has {key}={mine}; use the same settings or a new --save_dir")
+        if checkpoint["batch_in_epoch"]:
+            # Mid-epoch, the rest of the epoch is the tail of a shuffle fixed by seed and batch size.
+            for key in ("batch_size", "seed"):
+                if checkpoint["hyperparams"].get(key) != getattr(self.config, key):
+                    raise LabError(f"cannot resume {path} mid-epoch with --{key} {getattr(self.config, key)}: "
+                                   f"it was trained with {checkpoint['hyperparams'].get(key)}; use the same value")
         self.model.load_state_dict(model_from_checkpoint(checkpoint, path).state_dict())
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]
@@ -230,6 +271,10 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
         random.setstate((3, tuple(rng["python"]), None))
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        elif "mps" in rng and self.device.type == "mps":
+            torch.mps.set_rng_state(rng["mps"])
         print(f"resumed from {path}: epoch {self.epoch} done, step {self.step}"
               + (f", {self.batch_in_epoch} batches into epoch {self.epoch + 1}" if self.batch_in_epoch else ""))
 
@@ -287,10 +332,15 @@ class Trainer:
     def save_epoch_checkpoint(self) -> Path:
         path = self.save_dir / f"epoch_{self.epoch}.pth"
         atomic_torch_save(self.checkpoint(), path)
-        # Prune only after the new file is in place, oldest first, never the newest.
-        old = sorted(self.save_dir.glob("epoch_*.pth"), key=epoch_number)[:-max(self.config.keep_last, 1)]
-        for stale in old + [self.save_dir / "interrupted.pth"]:
-            stale.unlink(missing_ok=True)
+        # Prune only after the new file is in place, oldest first, never the file just written.
+        # Epoch files numbered above this one are leftovers of an earlier run in the same folder:
+        # sorting them among ours would prune our newest (and resume would pick theirs).
+        ours = [p for p in self.save_dir.glob("epoch_*.pth") if epoch_number(p) <= self.epoch]
+        leftovers = [p for p in self.save_dir.glob("epoch_*.pth") if epoch_number(p) > self.epoch]
+        old = sorted(ours, key=epoch_number)[:-max(self.config.keep_last, 1)]
+        for stale in old + leftovers + [self.save_dir / "interrupted.pth"]:
+            if stale != path:
+                stale.unlink(missing_ok=True)
         return path
 
     def save_loss_plot(self, show=False) -> Path:
@@ -325,12 +375,13 @@ class Trainer:
     def train(self, save_loss_plot=True, show_loss_plot=False):
         """Train until `epochs` epochs are done; return (train_losses, valid_losses)."""
         config = self.config
-        atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
         batches_per_epoch = math.ceil(len(self.train_data) / config.batch_size)
+        # Handlers first: from the moment the run folder appears, a signal means "save and stop".
         previous = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         started = time.perf_counter()
         images_seen = 0
         try:
+            atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
             self.model.train()
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
@@ -367,6 +418,12 @@ class Trainer:
                             f"{self._stop_signal}: saved {path} (step {self.step}); resume with the same "
                             f"command plus --load_from_checkpoint")
                 bar.close()
+                # The last step of an epoch can turn the weights to NaN with a finite loss; checking
+                # here keeps such weights out of the epoch checkpoint that replaces the last good one.
+                if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+                    raise LabError(f"the weights became non-finite at step {self.step} (end of epoch {epoch}): "
+                                   f"lower --lr or raise --var; the last good checkpoint in {self.save_dir} "
+                                   f"is kept")
                 self.epoch, self.batch_in_epoch = epoch, 0
                 self.fit_prior()
                 path = self.save_epoch_checkpoint()

@@ -1,0 +1,201 @@
+"""Issue 6: evaluation a person can trust (evaluation.py, grade.py --extended, the pictures).
+
+  1. the committed classifier: small, safe to load, >= 99% on the test split
+  2. classifier FID: ~0 for a set against itself, near its floor for fresh real digits,
+     far above it for shuffled labels and for noised images
+  3. likelihood: the density bookkeeping matches the training loss; the importance-weighted
+     bound is below the negative ELBO and falls as k grows, on a briefly trained model
+  4. pictures and grade.py --extended end to end, the lab's grade unchanged
+"""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import evaluation as ev
+import grade
+from conftest import run
+from data_utils import load_split
+from submission import vae_loss
+from trainer import load_checkpoint, model_from_checkpoint
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return ev.load_classifier()
+
+
+@pytest.fixture(scope="module")
+def valid_features(classifier):
+    images, labels = load_split("valid")
+    features, _ = ev.classify(classifier[0], images)
+    return images, labels, features
+
+
+# ---------------------------------------------------------------- 1. the classifier
+def test_classifier_is_small_safe_and_reads_real_test_digits(classifier):
+    assert ev.CLASSIFIER_PATH.stat().st_size < 500_000
+    saved = torch.load(ev.CLASSIFIER_PATH, map_location="cpu", weights_only=True)  # no pickled code
+    assert saved["format"] == ev.CLASSIFIER_FORMAT and saved["valid_accuracy"] >= 0.99
+    model, _ = classifier
+    images, labels = load_split("test")
+    _, predictions = ev.classify(model, images)
+    assert (predictions == labels).mean() >= 0.99
+    assert (predictions == labels).mean() == pytest.approx(saved["test_accuracy"], abs=2e-4)
+    # label accuracy as grade.py --extended computes it, on real test digits in the role of samples
+    metrics = ev.label_metrics(predictions, labels, "Genwithlabel")
+    assert metrics["overall"] >= 0.99 and min(metrics["per_label"]) >= 0.97
+
+
+def test_a_damaged_classifier_is_refused_with_the_fix(tmp_path):
+    bad = tmp_path / "classifier.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ev.LabError, match="train-classifier"):
+        ev.load_classifier(bad)
+    torch.save({"format": "something else"}, bad)
+    with pytest.raises(ev.LabError, match="not a classifier"):
+        ev.load_classifier(bad)
+
+
+# ---------------------------------------------------------------- 2. classifier FID
+def test_frechet_distance_of_a_set_with_itself_is_zero(valid_features):
+    _, _, features = valid_features
+    assert ev.frechet_distance(features, features) == pytest.approx(0, abs=1e-6)
+    # and it equals the closed form for two 1-D Gaussians: (m1 - m2)^2 + (s1 - s2)^2
+    a = np.random.default_rng(0).normal(1.0, 2.0, (4000, 1))
+    b = np.random.default_rng(1).normal(-1.0, 0.5, (4000, 1))
+    expected = (a.mean() - b.mean()) ** 2 + (a.std(ddof=1) - b.std(ddof=1)) ** 2
+    assert ev.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_classifier_fid_is_near_its_floor_for_real_digits_and_far_for_wrong_ones(classifier, valid_features):
+    images, labels, features = valid_features
+    # 1000 validation digits play the generated set, the other 9000 the real one
+    honest = images[:1000], labels[:1000]
+    shuffled = honest[0], np.random.default_rng(0).permutation(honest[1])
+    noise = np.random.default_rng(1).normal(0, 0.3, honest[0].shape)
+    noised = np.clip(honest[0] / 255.0 + noise, 0, 1), honest[1]
+    fids = {}
+    for name, (gen_images, gen_labels) in {"honest": honest, "shuffled": shuffled, "noised": noised}.items():
+        gen_features, _ = ev.classify(classifier[0], gen_images)
+        fids[name] = ev.fid_metrics(features[1000:], labels[1000:], gen_features, gen_labels, "Genwithlabel")
+    honest = fids["honest"]
+    # unseen real digits read like the floor, which is made the same way (1000 real vs the rest)
+    assert 0.5 * honest["overall_floor"] < honest["overall"] < 1.5 * honest["overall_floor"]
+    assert 0.5 * honest["mean_per_label_floor"] < honest["mean_per_label"] < 1.5 * honest["mean_per_label_floor"]
+    assert fids["shuffled"]["mean_per_label"] > 20 * honest["mean_per_label_floor"]
+    assert fids["shuffled"]["overall"] < 2 * honest["overall_floor"]  # same images overall: labels matter per label
+    assert fids["noised"]["overall"] > 20 * honest["overall_floor"]
+
+
+def test_diversity_flags_a_collapsed_generator(valid_features):
+    _, labels, features = valid_features
+    collapsed = np.repeat(features[:1], 100, axis=0) + 1e-3 * np.random.default_rng(0).normal(size=(100, 64))
+    honest = ev.diversity_metrics(features[1000:], labels[1000:], features[:1000], labels[:1000], "Genwithlabel")
+    assert 0.95 < honest["overall_ratio"] < 1.05 and 0.9 < honest["min_per_label_ratio"]
+    bad = ev.diversity_metrics(features, labels, collapsed, np.full(100, labels[0]), "VAE0label")
+    assert bad["overall_ratio"] < 0.01
+
+
+# ---------------------------------------------------------------- 3. likelihood
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory, tiny_valid):
+    """The demo MLP trained briefly (235 steps of 64 images, a few seconds on one core)."""
+    base = tmp_path_factory.mktemp("demo")
+    run("train.py", "--task", "VAE0label", "--model", "demo", "--latent_dim", 8, "--limit", 5000,
+        "--epochs", 3, "--batch_size", 64, "--lr", 2e-3, "--var", 0.05, "--pred_step", 0,
+        "--valid_data", tiny_valid, "--save_dir", base / "run", "--no-save_loss_plot")
+    checkpoint = load_checkpoint(base / "run.pth")
+    images, labels = load_split("test")
+    return model_from_checkpoint(checkpoint).eval(), checkpoint["hyperparams"]["var"], images[:200], labels[:200]
+
+
+def test_negative_elbo_matches_the_training_loss(demo_model):
+    """-ELBO = vae_loss (KL + ||x - recon||^2 / 2var, one draw of z) + 392 log(2 pi var), on average."""
+    model, var, images, labels = demo_model
+    log_w = ev.log_weights(model, images, labels, var, k=200, seed=0)
+    x = ev.as_float_images(images)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        losses = []
+        for _ in range(200):
+            mu, log_var = model.encode(x)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * log_var)
+            losses.append(vae_loss(model.decode(z), x, mu, log_var, var=var).item())
+    expected = np.mean(losses) + 392 * math.log(2 * math.pi * var)
+    assert ev.bounds(log_w, (1,))[1] == pytest.approx(expected, abs=0.5)
+
+
+def test_iw_bound_is_tighter_than_the_elbo_and_falls_as_k_grows(demo_model):
+    model, var, images, labels = demo_model
+    log_w = ev.log_weights(model, images, labels, var, k=100, seed=0)
+    nested = ev.bounds(log_w, (1, 10, 100))
+    assert nested[1] > nested[10] > nested[100]
+    assert nested[1] - nested[100] > 1.0  # nats per image: a real gap on a trained model
+    # the same with independent draws for each k (no shared samples), 200 images
+    fresh = {k: ev.bounds(ev.log_weights(model, images, labels, var, k=k, seed=k), (k,))[k] for k in (1, 10, 100)}
+    assert fresh[1] > fresh[10] > fresh[100]
+    assert ev.likelihood_ks(100) == [1, 5, 10, 50, 100]
+
+
+# ---------------------------------------------------------------- 4. pictures and grade.py --extended
+@pytest.fixture(scope="module")
+def extended(trained, tiny_valid, tmp_path_factory):
+    """inference.py on the tiny models of conftest, then grade.py --extended."""
+    base = tmp_path_factory.mktemp("extended")
+    for task, (_, checkpoint) in trained.items():
+        run("inference.py", "--checkpoint_path", checkpoint, "--data_path", tiny_valid, "--save_dir", base / task)
+    folders = ["--VAE0label_output_dir", base / "VAE0label", "--Genwithlabel_output_dir", base / "Genwithlabel"]
+    extended = run("grade.py", *folders, "--result_path", base / "extended.json", "--extended",
+                   "--extended_num", 60, "--extended_k", 50)
+    return base, json.loads((base / "extended.json").read_text()), extended.stdout
+
+
+PICTURE_SIZES = {  # (width, height): 10x10 cells of 28 px, 2 px gaps, drawn 3x; recon.png 2 x 16 cells
+    "samples.png": (906, 906), "recon.png": (1446, 186), "interpolation.png": (906, 906),
+    "latent_map.png": (600, 600), "loss_curve.png": (700, 400)}
+
+
+def test_inference_writes_every_picture(extended):
+    base = extended[0]
+    for task in ("VAE0label", "Genwithlabel"):
+        for name, size in PICTURE_SIZES.items():
+            with Image.open(base / task / name) as picture:
+                assert picture.size == size, (task, name)
+        with Image.open(base / task / "interpolation.png") as picture:
+            assert np.asarray(picture.convert("L")).std() > 10  # not blank
+
+
+def test_grade_extended_adds_its_own_keys_and_keeps_the_lab_grade(extended):
+    base, result, stdout = extended
+    for task in ("VAE0label", "Genwithlabel"):
+        lab = {key: value for key, value in result[task].items() if key not in ("extended", "seconds")}
+        assert lab == json.loads(json.dumps(grade.grade_task(task, base / task)))  # as without --extended
+        e = result[task]["extended"]
+        assert {"classifier", "label_accuracy", "classifier_fid", "diversity", "likelihood", "pictures"} <= set(e)
+        assert set(e["pictures"]) == set(PICTURE_SIZES)
+        likelihood = e["likelihood"]
+        assert likelihood["num_images"] == 60 and likelihood["k"] == 50 and likelihood["of"] == 200
+        assert likelihood["iw_bound"] <= likelihood["neg_elbo"]
+        assert e["classifier_fid"]["overall_floor"] > 0
+    gen = result["Genwithlabel"]["extended"]
+    assert len(gen["label_accuracy"]["per_label"]) == 10 and len(gen["classifier_fid"]["per_label_floor"]) == 10
+    assert "overall" not in result["VAE0label"]["extended"]["label_accuracy"]  # unlabelled samples
+    for words in ("label accuracy", "classifier FID", "floor", "diversity", "negative ELBO", "k=50", "pictures"):
+        assert words in stdout
+
+
+def test_grade_extended_names_a_missing_model(extended, tmp_path):
+    base = extended[0]
+    folder = tmp_path / "Genwithlabel"
+    shutil.copytree(base / "Genwithlabel", folder)
+    info = json.loads((folder / "hyperparams.json").read_text())
+    info["checkpoint_path"] = str(tmp_path / "gone.pth")
+    (folder / "hyperparams.json").write_text(json.dumps(info))
+    result = run("grade.py", "--Genwithlabel_output_dir", folder, "--no-VAE0label", "--extended",
+                 "--result_path", tmp_path / "g.json", check=False)
+    assert result.returncode == 2 and "gone.pth" in result.stderr and "Traceback" not in result.stderr
