@@ -567,7 +567,7 @@ def report(task: str, e: dict) -> str:
                  f"{target} <= {lik['iw_bound']:.1f} (importance-weighted, k={lik['k']}) [{ks}]")
     missing = [name for name in PICTURES if name not in e["pictures"]]
     lines.append(f"  pictures         {', '.join(e['pictures']) or 'none'}"
-                 + (f"; missing {', '.join(missing)} (rerun inference.py; loss_curve.png needs the run folder)"
+                 + (f"; missing {', '.join(missing)} (loss_curve.png is copied only when the checkpoint's run folder still exists)"
                     if missing else ""))
     return "\n".join(lines)
 

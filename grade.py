@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data_utils import (ROOT, NUM_CLASSES, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
                         resolve_split, run_cli)
-from tasks import SAMPLES_PER_LABEL, TASKS, default_output_dir
+from tasks import SAMPLES_PER_LABEL, TASK_ALIASES, TASKS, default_output_dir
 
 GRADE_CAPS = {"VAE0label": 10.0, "Genwithlabel": 30.0}
 IMAGE_PIXELS = 784
@@ -84,8 +84,11 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
     data_file = resolve_split(test_data_path) if test_data_path else Path(info["data_path"])
     images, labels = load_split(data_file)
     if hashlib.sha256(data_file.read_bytes()).hexdigest() != info["data_sha256"]:
-        raise LabError(f"{output_dir} was made from {info['data_path']}, not {data_file}: rerun inference.py "
-                       f"with --data_path {test_data_path}, or grade without --test_data_path")
+        if test_data_path:
+            raise LabError(f"{output_dir} was made from {info['data_path']}, not {data_file}: rerun inference.py "
+                           f"with --data_path {test_data_path}, or grade without --test_data_path")
+        raise LabError(f"{data_file} changed after {output_dir} was made from it (its sha256 differs): "
+                       f"rerun inference.py")
     if task == "Genwithlabel":  # a missing sample folder is found before minutes of SSIM, not after
         for label in range(NUM_CLASSES):
             folder = output_dir / "gen" / str(label)
@@ -124,9 +127,12 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for task in TASKS:
-        parser.add_argument(f"--{task}", action=argparse.BooleanOptionalAction, default=None,
+        aliases = [alias for alias, name in TASK_ALIASES.items() if name == task]
+        parser.add_argument(*(f"--{name}" for name in [task, *aliases]), dest=task,
+                            action=argparse.BooleanOptionalAction, default=None,
                             help=f"grade {task} (default: if its output folder exists)")
-        parser.add_argument(f"--{task}_output_dir", type=Path, default=default_output_dir(task),
+        parser.add_argument(*(f"--{name}_output_dir" for name in [task, *aliases]), dest=f"{task}_output_dir",
+                            type=Path, default=default_output_dir(task),
                             help=f"inference outputs of {task} (default outputs/{task})")
     parser.add_argument("--test_data_path", default=None,
                         help="split to grade against (default: the one the outputs were made from)")
@@ -171,7 +177,7 @@ def main(argv=None):
               + f"  grade {r['score']:.2f} / {GRADE_CAPS[task]:g} (uncapped {r['score_uncapped']:.2f})"
               + f"  [{r['num_images']} images of {Path(r['data_path']).name}, {r['seconds']} s]")
         if args.extended:
-            import evaluation  # only --extended needs torch; the lab's grade above is unchanged by it
+            import evaluation  # loaded only when asked for: the classifier and its metrics
             r["extended"] = evaluation.extended_metrics(task, folder, r["data_path"], args.extended_num,
                                                         args.extended_k, args.classifier_path)
             print(evaluation.report(task, r["extended"]))
@@ -179,8 +185,11 @@ def main(argv=None):
     if args.result_path.is_file():
         try:
             previous = json.loads(args.result_path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = None
+        if not isinstance(previous, dict):
+            raise LabError(f"{args.result_path} is not a JSON object of earlier results: move it away or pass "
+                           f"another --result_path (it is left as it is)")
     atomic_write_json(args.result_path, {**previous, **results})
     print(f"results merged into {args.result_path}")
 

@@ -29,7 +29,7 @@ from data_utils import (NUM_CLASSES, LabError, MNISTDataset, atomic_write_bytes,
                         ensure_writable_folder, resolve_split, run_cli, set_random_seed, to_uint8)
 from evaluation import write_pictures
 from tasks import SAMPLES_PER_LABEL, canonical_task, default_checkpoint, default_output_dir
-from trainer import epoch_number, load_checkpoint, model_from_checkpoint
+from trainer import epoch_number, load_checkpoint, model_from_checkpoint, pick_device
 
 
 def parse_args(argv=None):
@@ -119,6 +119,18 @@ def write_outputs(folder: Path, recon: np.ndarray, samples: np.ndarray, original
     save_picture(folder / "samples.png", grid(samples[:, :min(10, samples.shape[1])]))
 
 
+def check_replaceable(target: Path) -> None:
+    """Refuse to replace a folder that is not an earlier output of inference.py: --save_dir
+    pointing at, say, the home folder must not delete it."""
+    if not target.exists():
+        return
+    empty = target.is_dir() and not any(target.iterdir())
+    earlier_output = target.is_dir() and (target / "hyperparams.json").is_file() and (target / "recon").is_dir()
+    if not (empty or earlier_output):
+        raise LabError(f"--save_dir {target} exists and is not an output folder of inference.py: "
+                       f"choose a new or empty folder (inference.py replaces its folder whole)")
+
+
 def replace_folder(new: Path, target: Path) -> None:
     """Swap a fully written folder into place; the old one is removed only afterwards."""
     old = target.parent / f".{target.name}.old"
@@ -145,12 +157,13 @@ def main(argv=None):
         raise LabError("--inf_num must be >= 0 and --batch_size >= 1")
 
     set_random_seed(args.seed)
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     model = model_from_checkpoint(checkpoint, checkpoint_path).to(device).eval()
     data = MNISTDataset(args.data_path, limit=args.inf_num or None)
     data_file = resolve_split(args.data_path)
     save_dir = args.save_dir or default_output_dir(task)
     ensure_writable_folder(save_dir.parent, "--save_dir")  # now, not after minutes of reconstruction
+    check_replaceable(save_dir)
     print(f"{task}: {checkpoint['model']} latent_dim={latent_dim} from {checkpoint_path}; "
           f"reconstructing {len(data)} images of {data_file} into {save_dir}")
 

@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn import functional as F
 
 NUM_CLASSES = 10
-IMAGE_PIXELS = 28 * 28
 
 
 def as_label_batch(labels, batch_size: int, device) -> torch.Tensor:

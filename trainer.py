@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from data_utils import LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from submission import vae_loss
 from tasks import TASKS, build_model
 
@@ -90,7 +90,15 @@ class TrainConfig:
 
 def pick_device(name: str) -> torch.device:
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise LabError(f"--device {name} is not a torch device: use auto, cpu, cuda, cuda:0 or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise LabError(f"--device {name}: this machine has no CUDA GPU; use --device auto or cpu")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise LabError(f"--device {name}: MPS is not available here; use --device auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -182,6 +190,12 @@ def newest_run_checkpoint(run_dir) -> Path:
         raise LabError(f"no usable checkpoint to resume in {run_dir}: train without --load_from_checkpoint "
                        f"first, or pass --checkpoint PATH")
     return max(steps, key=steps.get)
+
+
+def export_path(run_dir) -> Path:
+    """Where a finished run NAME/ leaves its model: NAME.pth beside the run folder."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f"{run_dir.name}.pth"
 
 
 def epoch_number(path: Path) -> int:
@@ -347,11 +361,11 @@ class Trainer:
         return path
 
     def save_loss_plot(self, show=False) -> Path:
-        import matplotlib
-        if not show:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4))
+        # A bare Figure draws without pyplot, so saving never picks (or locks in) a GUI backend;
+        # pyplot is imported only to show the figure in a window.
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         ax.plot(range(1, len(self.train_losses) + 1), self.train_losses, lw=0.6, alpha=0.7, label="train (per step)")
         if self.valid_losses:
             steps, losses = zip(*self.valid_losses)
@@ -367,8 +381,12 @@ class Trainer:
         fig.savefig(buffer, format="png", dpi=100)
         atomic_write_bytes(path, buffer.getvalue())
         if show:
+            import matplotlib.pyplot as plt
+            image = plt.imread(io.BytesIO(buffer.getvalue()))
+            plt.figure(figsize=(7, 4))
+            plt.imshow(image)
+            plt.axis("off")
             plt.show()
-        plt.close(fig)
         return path
 
     # -------------------------------------------------------------- the loop
@@ -439,7 +457,7 @@ class Trainer:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        export = self.save_dir.parent / f"{self.save_dir.name}.pth"
+        export = export_path(self.save_dir)
         atomic_torch_save(self.checkpoint(with_training_state=False), export)
         print(f"model saved to {export}")
         if show_loss_plot:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from data_utils import LabError, atomic_write_bytes, atomic_write_json, run_cli  # noqa: E402
 from grade import GRADE_CAPS  # noqa: E402
 from tasks import TASKS  # noqa: E402
-from trainer import TrainConfig  # noqa: E402
+from trainer import TrainConfig, export_path  # noqa: E402
 
 DEFAULTS = TrainConfig()
 COLUMNS = ["task", "latent_dim", "var", "lr", "epochs", "train_seconds", "ssim", "mse", "fid",
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--latent_dim", nargs="+", type=int, default=[4, 8, 16])
-    parser.add_argument("--var", nargs="+", type=float, default=[0.01, DEFAULTS.var, 0.05])
+    parser.add_argument("--var", nargs="+", type=float, default=[DEFAULTS.var / 2, DEFAULTS.var, DEFAULTS.var * 2])
     parser.add_argument("--lr", nargs="+", type=float, default=[DEFAULTS.lr])
     parser.add_argument("--epochs", nargs="+", type=int, default=[DEFAULTS.epochs])
     parser.add_argument("--split", default="valid", help="split to infer on and grade (default valid)")
@@ -54,7 +54,9 @@ def step(*args):
 
 
 def run_one(task, latent_dim, var, lr, epochs, split, runs_dir: Path, extra) -> dict:
-    name = f"{task}_z{latent_dim}_var{var:g}_lr{lr:g}_e{epochs}"
+    # Everything that changes the result is in the name, so a cached row is never reused for another setup.
+    name = f"{task}_z{latent_dim}_var{var:g}_lr{lr:g}_e{epochs}_{Path(str(split)).stem}" + "".join(
+        f"_{arg.lstrip('-')}" for arg in extra)
     finished = runs_dir / f"{name}.row.json"
     if finished.is_file():  # a rerun of an interrupted sweep keeps the runs it finished
         return json.loads(finished.read_text())
@@ -62,7 +64,7 @@ def run_one(task, latent_dim, var, lr, epochs, split, runs_dir: Path, extra) -> 
     step("train.py", "--task", task, "--latent_dim", latent_dim, "--var", var, "--lr", lr, "--epochs", epochs,
          "--save_dir", runs_dir / name, "--no-save_loss_plot", *extra)
     train_seconds = time.perf_counter() - started
-    step("inference.py", "--checkpoint_path", runs_dir / f"{name}.pth", "--data_path", split,
+    step("inference.py", "--checkpoint_path", export_path(runs_dir / name), "--data_path", split,
          "--save_dir", runs_dir / f"{name}_outputs")
     other = [t for t in TASKS if t != task][0]
     step("grade.py", f"--{task}_output_dir", runs_dir / f"{name}_outputs", f"--no-{other}",
@@ -112,6 +114,7 @@ def plot(rows, out: Path, varied) -> None:
 
 def main(argv=None):
     args = parse_args(argv)
+    args.out = args.out.resolve()  # the steps run from the repository root
     grid = list(itertools.product(args.tasks, args.latent_dim, args.var, args.lr, args.epochs))
     runs_dir = args.out.with_name(args.out.name + "_runs")
     extra = args.train_args.split()

@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
@@ -98,10 +99,30 @@ def test_task_names_and_aliases():
 
 
 def test_bool_flags_work_both_ways(tmp_path, tiny_valid):
-    run("train.py", "--task", "VAEwolabel", "--model", "demo", "--latent_dim", 2, "--save_dir", tmp_path / "off",
-        "--valid_data", tiny_valid, "--no-save_loss_plot", *TINY_TRAIN)
+    for flag, folder in (("--no-save_loss_plot", "off"), ("--save_loss_plot", "on")):
+        run("train.py", "--task", "VAEwolabel", "--model", "demo", "--latent_dim", 2, "--save_dir", tmp_path / folder,
+            "--valid_data", tiny_valid, flag, *TINY_TRAIN)
     assert (tmp_path / "off" / "epoch_1.pth").is_file() and not (tmp_path / "off" / "loss_curve.png").exists()
+    assert (tmp_path / "on" / "loss_curve.png").stat().st_size > 1000
     assert json.loads((tmp_path / "off" / "hyperparams.json").read_text())["model"] == "model.VAE"
+    # grade.py's task switches take the aliases too, both ways
+    result = run("grade.py", "--no-VAEwolabel", "--no-Genwithlabel", check=False)
+    assert result.returncode == 2 and "nothing to grade" in result.stderr
+
+
+def test_inference_never_replaces_a_folder_it_did_not_write(trained, tiny_valid, tmp_path):
+    precious = tmp_path / "my_documents"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    result = run("inference.py", "--checkpoint_path", trained["VAE0label"][1], "--data_path", tiny_valid,
+                 "--save_dir", precious, check=False)
+    assert result.returncode == 2 and "not an output folder of inference.py" in result.stderr
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    if torch.cuda.is_available():
+        return  # the --device check below is about a machine without CUDA
+    result = run("inference.py", "--checkpoint_path", trained["VAE0label"][1], "--device", "cuda:7",
+                 "--save_dir", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "--device cuda:7" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_inference_refuses_a_contradicting_latent_dim(trained, tmp_path):

@@ -40,7 +40,7 @@ def test_unlabeled_models_ignore_labels(name):
     model = MODELS[name]().eval()
     x, labels = batch()
     first = model(x, labels)
-    second = model(x, labels[torch.randperm(6)] .roll(1))
+    second = model(x, (labels + 1) % 10)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
     assert torch.equal(model.decode(torch.ones(2, 5), 1), model.decode(torch.ones(2, 5), 7))

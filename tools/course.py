@@ -750,7 +750,8 @@ def grade_student(folder: Path, args, lab_paths: list, sandbox: Path, logs: Path
                 errors.append(f"{task} training: {phase.error}")
                 say(errors[-1])
                 continue
-            checkpoint = run_dir.parent / f"{task}.pth"
+            from trainer import export_path
+            checkpoint = export_path(run_dir)
             say(f"{task}: trained (latent_dim {latent_dim}) in {phase.seconds:.1f} s")
 
         # 3. inference on the grading split.
