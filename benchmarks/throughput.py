@@ -1,15 +1,17 @@
 """Training throughput: this project's Trainer against a handout-style training loop.
 
-    python benchmarks/throughput.py [--images 20480] [--out benchmarks/results/throughput]
+    python benchmarks/throughput.py [--images 50000] [--out benchmarks/results/throughput]
 
 Both train the same model at the same batch size on the same images, one after the other in
-one process. The handout-style loop keeps each image as a PIL image and converts it with
-ToTensor inside a DataLoader's __getitem__, as the original scripts did; the Trainer holds the
+one process. The handout-style loop keeps each image as PNG bytes, as the handout's arrow
+files did, and decodes it with PIL and converts it with ToTensor inside a DataLoader's
+__getitem__, as the original scripts did; the Trainer holds the
 split as one tensor, slices batches by index and uses bf16 autocast where the CPU has fast
 bf16. The Trainer's time is its whole train() call: steps plus its per-epoch prior fit and
 checkpoint. Prints and writes a table of images/s and the speed-up.
 """
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -36,18 +38,24 @@ CASES = [  # (name, model class, task, batch size)
 
 
 class HandoutStyleDataset(Dataset):
-    """One PIL image per item, converted on every access, as the original data_utils did."""
+    """The original data path: the handout's Hugging Face arrow files held each digit as PNG
+    bytes, and every item access decoded them with PIL and converted with ToTensor."""
 
     def __init__(self, images, labels):
-        self.images = [Image.fromarray(image) for image in images]
+        self.png_bytes = []
+        for image in images:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            self.png_bytes.append(buffer.getvalue())
         self.labels = labels
         self.to_tensor = transforms.ToTensor()
 
     def __len__(self):
-        return len(self.images)
+        return len(self.png_bytes)
 
     def __getitem__(self, index):
-        return self.to_tensor(self.images[index]), int(self.labels[index])
+        with Image.open(io.BytesIO(self.png_bytes[index])) as image:
+            return self.to_tensor(image), int(self.labels[index])
 
 
 def handout_loop(model_name, batch_size, images, labels, latent_dim, var) -> float:
@@ -93,7 +101,7 @@ def measure(num_images: int):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=20480, help="training images per measurement")
+    parser.add_argument("--images", type=int, default=50000, help="training images per measurement (default: one epoch)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput")
     args = parser.parse_args(argv)
     rows = measure(args.images)
