@@ -286,7 +286,7 @@ def likelihood_ks(k: int):
 
 # ==================================================================== pictures
 def tile(cells: np.ndarray, pad: int = 2) -> np.ndarray:
-    """uint8 [R, C, 28, 28] -> one image, cells separated by grey lines (as inference.grid)."""
+    """uint8 [R, C, 28, 28] -> one image, cells separated by grey lines."""
     r, c, h, w = cells.shape
     canvas = np.full((r * (h + pad) + pad, c * (w + pad) + pad), 128, dtype=np.uint8)
     for i in range(r):
@@ -297,6 +297,7 @@ def tile(cells: np.ndarray, pad: int = 2) -> np.ndarray:
 
 
 def png(pixels: np.ndarray, scale: int = 3) -> bytes:
+    """A uint8 picture as PNG bytes, each pixel drawn as scale x scale (nearest, no blur)."""
     from PIL import Image
     image = Image.fromarray(pixels, mode="L")
     image = image.resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)

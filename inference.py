@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from data_utils import (NUM_CLASSES, LabError, MNISTDataset, atomic_write_bytes, atomic_write_json,
                         ensure_writable_folder, resolve_split, run_cli, set_random_seed, to_uint8)
-from evaluation import write_pictures
+from evaluation import png, tile, write_pictures
 from tasks import SAMPLES_PER_LABEL, canonical_task, default_checkpoint, default_output_dir
 from trainer import epoch_number, load_checkpoint, model_from_checkpoint, pick_device
 
@@ -68,23 +68,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def grid(rows: np.ndarray, pad: int = 2) -> np.ndarray:
-    """uint8 [R, C, 28, 28] -> one uint8 image with a white-ish gap between cells."""
-    r, c, h, w = rows.shape
-    canvas = np.full((r * (h + pad) + pad, c * (w + pad) + pad), 128, dtype=np.uint8)
-    for i in range(r):
-        for j in range(c):
-            canvas[pad + i * (h + pad): pad + i * (h + pad) + h, pad + j * (w + pad): pad + j * (w + pad) + w] = rows[i, j]
-    return canvas
-
-
-def save_picture(path: Path, pixels: np.ndarray, scale: int = 3) -> None:
-    image = Image.fromarray(pixels, mode="L").resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 @torch.no_grad()
 def reconstruct(model, data: MNISTDataset, batch_size: int, device) -> np.ndarray:
     out = []
@@ -115,8 +98,8 @@ def write_outputs(folder: Path, recon: np.ndarray, samples: np.ndarray, original
             (folder / "gen" / str(label) / f"{k}.png").write_bytes(png_bytes(pixels))
     atomic_write_json(folder / "hyperparams.json", info)
     shown = min(16, len(recon))
-    save_picture(folder / "recon.png", grid(np.stack([originals[:shown], recon[:shown]])))
-    save_picture(folder / "samples.png", grid(samples[:, :min(10, samples.shape[1])]))
+    atomic_write_bytes(folder / "recon.png", png(tile(np.stack([originals[:shown], recon[:shown]]))))
+    atomic_write_bytes(folder / "samples.png", png(tile(samples[:, :min(10, samples.shape[1])])))
 
 
 def check_replaceable(target: Path) -> None:

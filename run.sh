@@ -23,17 +23,18 @@ elif [ -n "${1:-}" ]; then
     exit 2
 fi
 
+TASKS=$("$PYTHON" -c "from tasks import TASKS; print(*TASKS)")  # the names are defined once, in tasks.py
 start=$(date +%s)
-for task in VAE0label Genwithlabel; do
+for task in $TASKS; do
     echo "== train $task"
     "$PYTHON" train.py --task "$task" --save_dir "$RUN"
 done
 trained=$(date +%s)
-for task in VAE0label Genwithlabel; do
+for task in $TASKS; do
     echo "== inference $task on $SPLIT"
     "$PYTHON" inference.py --checkpoint_path "checkpoints/$task/$RUN.pth" --data_path "$SPLIT" --save_dir "outputs/$task"
 done
 echo "== grade"
-"$PYTHON" grade.py --VAE0label_output_dir outputs/VAE0label --Genwithlabel_output_dir outputs/Genwithlabel
+"$PYTHON" grade.py  # grades every outputs/<task>/ written above
 end=$(date +%s)
 echo "training took $((trained - start)) s; the whole job $((end - start)) s (grades above, also in grade_result.json)"
