@@ -228,6 +228,7 @@ class Trainer:
         params["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         params["device"] = str(self.device)
         params["autocast"] = str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
+        params["train_images"] = len(self.train_data) if self.train_data is not None else None
         return params
 
     def checkpoint(self, with_training_state=True) -> dict:
@@ -270,11 +271,14 @@ class Trainer:
                 raise LabError(f"cannot resume from {path}: it was trained with {key}={checkpoint[key]}, "
                                f"this run has {key}={mine}; use the same settings or a new --save_dir")
         if checkpoint["batch_in_epoch"]:
-            # Mid-epoch, the rest of the epoch is the tail of a shuffle fixed by seed and batch size.
-            for key in ("batch_size", "seed"):
-                if checkpoint["hyperparams"].get(key) != getattr(self.config, key):
-                    raise LabError(f"cannot resume {path} mid-epoch with --{key} {getattr(self.config, key)}: "
-                                   f"it was trained with {checkpoint['hyperparams'].get(key)}; use the same value")
+            # Mid-epoch, the rest of the epoch is the tail of a shuffle fixed by seed, batch size and
+            # the training images (their number: --limit; their file: --train_data).
+            now = self.hyperparams()
+            for key, flag in (("batch_size", "--batch_size"), ("seed", "--seed"),
+                              ("train_data", "--train_data"), ("train_images", "--limit")):
+                if checkpoint["hyperparams"].get(key) != now[key]:
+                    raise LabError(f"cannot resume {path} mid-epoch with {flag} {now[key]}: it was trained with "
+                                   f"{checkpoint['hyperparams'].get(key)}; use the same value")
         self.model.load_state_dict(model_from_checkpoint(checkpoint, path).state_dict())
         self.optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
         self.epoch, self.step = checkpoint["epoch"], checkpoint["step"]

@@ -355,6 +355,10 @@ def test_truncated_and_foreign_checkpoints_are_one_line_errors(reference, train_
     args[args.index("--batch_size") + 1] = 32
     result = cli("train.py", *args, "--checkpoint", mid_epoch)
     assert_one_line_error(result, "cannot resume", "mid-epoch with --batch_size 32: it was trained with 16")
+    # ... and so would fewer training images.
+    args[args.index("--batch_size") + 1] = 16
+    result = cli("train.py", *args, "--limit", 320, "--checkpoint", mid_epoch)
+    assert_one_line_error(result, "cannot resume", "mid-epoch with --limit 320: it was trained with 640")
     assert not (tmp_path / "run").exists() and not (tmp_path / "out").exists()
 
     # Files that are not checkpoints of this lab, or miss a part.
