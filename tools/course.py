@@ -735,6 +735,15 @@ def grade_student(folder: Path, args, lab_paths: list, sandbox: Path, logs: Path
         entry = record["tasks"][task] = {"latent_dim": latent_dim,
                                          "source": "handed in" if task in given else "trained"}
 
+        def timed_phase(what, key, command):
+            """Run one step of this task; record its time, and its error for the table."""
+            phase = run_phase(command, sandbox, args.time_limit, logs / f"{key}_{task}.log", env)
+            entry[f"{key}_seconds"] = round(phase.seconds, 2)
+            if not phase.ok:
+                errors.append(f"{task} {what}: {phase.error}")
+                say(errors[-1])
+            return phase
+
         # 2. train with the fixed budget unless a checkpoint was handed in.
         checkpoint = given.get(task)
         if checkpoint is None:
@@ -744,11 +753,8 @@ def grade_student(folder: Path, args, lab_paths: list, sandbox: Path, logs: Path
                        "--limit", str(args.train_limit), "--valid_data", str(args.valid_data_path),
                        "--eval_num", str(args.eval_num), "--pred_step", str(args.pred_step), "--seed", str(args.seed),
                        "--device", args.device, "--keep_last", "1", "--no-save_loss_plot"]
-            phase = run_phase(command, sandbox, args.time_limit, logs / f"train_{task}.log", env)
-            entry["train_seconds"] = round(phase.seconds, 2)
+            phase = timed_phase("training", "train", command)
             if not phase.ok:
-                errors.append(f"{task} training: {phase.error}")
-                say(errors[-1])
                 continue
             from trainer import export_path
             checkpoint = export_path(run_dir)
@@ -760,11 +766,7 @@ def grade_student(folder: Path, args, lab_paths: list, sandbox: Path, logs: Path
                    "--data_path", str(args.grading_data_path), "--save_dir", str(outputs),
                    "--inf_num", str(args.inf_num), "--seed", str(args.seed),
                    "--device", "cpu" if args.device == "auto" else args.device]
-        phase = run_phase(command, sandbox, args.time_limit, logs / f"inference_{task}.log", env)
-        entry["inference_seconds"] = round(phase.seconds, 2)
-        if not phase.ok:
-            errors.append(f"{task} inference: {phase.error}")
-            say(errors[-1])
+        if not timed_phase("inference", "inference", command).ok:
             continue
 
         # 4. grade here, with the course's grade.py, against the course's copy of the split.
