@@ -1,5 +1,6 @@
 """Data for the lab: the MNIST splits, a Dataset, batching, seeding, the simplified FID,
 and the small file helpers every script shares (atomic writes, one-line CLI errors)."""
+import argparse
 import hashlib
 import io
 import json
@@ -38,6 +39,31 @@ def run_cli(main) -> None:
             bar.close()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+class BooleanFlag(argparse.Action):
+    """A switch that reads both ways: --flag / --no-flag, and the handout's value style
+    --flag True / --flag False (which argparse's type=bool would read as True either way)."""
+
+    TRUE, FALSE = ("true", "1", "yes", "y", "on"), ("false", "0", "no", "n", "off")
+
+    def __init__(self, option_strings, dest, default=None, required=False, help=None):
+        negatives = [f"--no-{name[2:]}" for name in option_strings if name.startswith("--")]
+        super().__init__([*option_strings, *negatives], dest, nargs="?", default=default, required=required,
+                         help=help, metavar="True|False")
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string.startswith("--no-"):
+            if value is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+        elif value is None or value.lower() in self.TRUE:
+            setattr(namespace, self.dest, True)
+        elif value.lower() in self.FALSE:
+            setattr(namespace, self.dest, False)
+        else:
+            parser.error(f"{option_string} {value}: write {option_string} True or {option_string} False "
+                         f"(or {option_string} alone)")
 
 
 # ---------------------------------------------------------------- atomic writes

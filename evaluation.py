@@ -40,7 +40,6 @@ from data_utils import (NUM_CLASSES, ROOT, LabError, MNISTDataset, atomic_torch_
 
 CLASSIFIER_PATH = ROOT / "checkpoints" / "classifier.pth"
 CLASSIFIER_FORMAT = "lab-digit-classifier-1"
-PICTURES = ("samples.png", "recon.png", "interpolation.png", "latent_map.png", "loss_curve.png")
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -221,27 +220,17 @@ def mean_pairwise_distance(features: np.ndarray, max_points=2000, seed=0) -> flo
 
 
 # ==================================================================== likelihood
-def with_training_prior(model):
-    """A copy of `model` whose decode(z, label) reads z under the training prior N(0, I): the
-    fitted per-class Gaussian of submission.LatentPrior (used only to sample) is set to the
-    identity map. Models without one are copied as they are."""
-    from submission import LatentPrior
-    model = copy.deepcopy(model).eval()
-    prior = getattr(model, "prior", None)
-    if isinstance(prior, LatentPrior):
-        prior.mean.zero_()
-        prior.scale_tril.copy_(torch.eye(prior.scale_tril.shape[-1]).expand_as(prior.scale_tril))
-    return model
-
-
 @torch.no_grad()
-def log_weights(model, images, labels, var: float, k: int = 100, batch_size: int = 50, seed: int = 0):
+def log_weights(model, images, labels, var: float, k: int = 100, batch_size: int = 50, seed: int = 0,
+                latent_dim: int = None):
     """log w = log p(x | z) + log p(z) - log q(z | x) for k draws z ~ q(z | x) per image:
-    float64 [k, N]. p(z) = N(0, I), p(x | z) = N(x; decoder_mean(z), var I) over the 784 pixels
-    on the 0-1 scale, q = N(mu, diag exp(log_var)) from the encoder (given the label when the
-    model takes one; the unlabeled models ignore it)."""
-    model = with_training_prior(model)
+    float64 [k, N]. p(z) = N(0, I), p(x | z) = N(x; decode(z, label), var I) over the 784 pixels
+    on the 0-1 scale, q = N(mu, diag exp(log_var)) as the model's forward returns them in eval
+    mode. Only the handout's calls are used (contract.py): forward for q, decode for p(x | z)."""
+    import contract
+    model.eval()
     images, labels = as_float_images(images), torch.as_tensor(labels).long()
+    decoder = contract.Decoder(model, latent_dim or contract.forward(model, images[:2], labels[:2])[1].shape[1])
     generator = torch.Generator().manual_seed(seed)
     pixels = images[0].numel()
     const = -0.5 * pixels * math.log(2 * math.pi * var)
@@ -249,11 +238,11 @@ def log_weights(model, images, labels, var: float, k: int = 100, batch_size: int
     for start in range(0, len(images), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
         b = len(x)
-        mu, log_var = model.encode(x, y)
+        _, mu, log_var = contract.forward(model, x, y, latent_dim)
         mu, log_var = mu.double(), log_var.double()
         eps = torch.randn(k, b, mu.shape[1], generator=generator, dtype=torch.float64)
         z = mu + eps * torch.exp(0.5 * log_var)                            # [k, b, d]
-        mean = model.decode(z.reshape(k * b, -1).float(), y.repeat(k)).reshape(k, b, -1).double()
+        mean = decoder(z.reshape(k * b, -1).float(), y.repeat(k)).reshape(k, b, -1).double()
         log_p_x = const - (x.reshape(1, b, -1).double() - mean).pow(2).sum(-1) / (2 * var)
         log_p_z = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
         log_q_z = -0.5 * (eps.pow(2) + LOG_2PI + log_var).sum(-1)
@@ -285,25 +274,46 @@ def likelihood_ks(k: int):
 
 
 # ==================================================================== pictures
-def tile(cells: np.ndarray, pad: int = 2) -> np.ndarray:
-    """uint8 [R, C, 28, 28] -> one image, cells separated by grey lines."""
-    r, c, h, w = cells.shape
-    canvas = np.full((r * (h + pad) + pad, c * (w + pad) + pad), 128, dtype=np.uint8)
-    for i in range(r):
-        for j in range(c):
-            top, left = pad + i * (h + pad), pad + j * (w + pad)
-            canvas[top:top + h, left:left + w] = cells[i, j]
-    return canvas
-
-
-def png(pixels: np.ndarray, scale: int = 3) -> bytes:
-    """A uint8 picture as PNG bytes, each pixel drawn as scale x scale (nearest, no blur)."""
-    from PIL import Image
-    image = Image.fromarray(pixels, mode="L")
-    image = image.resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+def labelled_grid(cells: np.ndarray, row_names, title: str, column_names=None) -> bytes:
+    """uint8 cells [R, C, 28, 28] as a PNG with a name beside each row (and above each column)."""
+    from matplotlib.figure import Figure
+    from outputs import tile
+    canvas = tile(cells)
+    rows, columns = cells.shape[:2]
+    fig = Figure(figsize=(1.1 + 0.42 * columns, 0.6 + 0.42 * rows))
+    ax = fig.subplots()
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    step = 28 + 2
+    ax.set_yticks([2 + 14 + i * step for i in range(rows)], list(row_names), fontsize=8)
+    if column_names is None:
+        ax.set_xticks([])
+    else:
+        ax.xaxis.tick_top()
+        ax.set_xticks([2 + 14 + j * step for j in range(columns)], list(column_names), fontsize=7)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    fig.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
+
+
+def recon_picture(originals: np.ndarray, recon: np.ndarray) -> bytes:
+    return labelled_grid(np.stack([originals, recon]), ["original", "reconstruction"],
+                         f"the first {len(recon)} images of the split and their reconstructions",
+                         column_names=[str(i) for i in range(len(recon))])
+
+
+def samples_picture(samples: np.ndarray, conditional: bool) -> bytes:
+    """Row c: decode(z ~ N(0, I), c); an unconditional model ignores c, so its rows are just more draws."""
+    if conditional:
+        return labelled_grid(samples, [f"label {c}" for c in range(len(samples))],
+                             "decode(z ~ N(0, I), label): one row per label")
+    return labelled_grid(samples, [f"draws {1 + i * samples.shape[1]}-{(i + 1) * samples.shape[1]}"
+                                   for i in range(len(samples))],
+                         "decode(z ~ N(0, I)): the label-free model ignores the label")
 
 
 def interpolation_pairs(labels: np.ndarray, conditional: bool):
@@ -322,32 +332,22 @@ def interpolation_pairs(labels: np.ndarray, conditional: bool):
 
 
 @torch.no_grad()
-def interpolation_picture(model, images: torch.Tensor, labels: torch.Tensor, conditional: bool, steps: int = 8):
-    """uint8 picture: each row is a real digit, `steps` decodings of the straight line between
-    the two posterior means (ends included), then the other real digit."""
-    model = with_training_prior(model)
+def interpolation_png(decoder, codes: torch.Tensor, labels: torch.Tensor, conditional: bool, steps: int = 8):
+    """Each row decodes `steps` points on the straight line between the posterior means of two
+    digits of the split (ends included). None when the split has no pair."""
+    labels = torch.as_tensor(labels)
     pairs = interpolation_pairs(labels.numpy(), conditional)
     if not pairs:
         return None
-    rows = []
     t = torch.linspace(0, 1, steps)[:, None]
+    rows, names = [], []
     for a, b in pairs:
-        x = images[[a, b]]
-        mu, _ = model.encode(x, labels[[a, b]])
-        z = (1 - t) * mu[0] + t * mu[1]
-        decoded = model.decode(z, labels[a].expand(steps)).reshape(steps, 28, 28)
-        rows.append(np.concatenate([to_uint8(x[:1].reshape(1, 28, 28)), to_uint8(decoded),
-                                    to_uint8(x[1:].reshape(1, 28, 28))]))
-    return tile(np.stack(rows))
-
-
-@torch.no_grad()
-def latent_codes(model, images, labels, batch_size=1000) -> torch.Tensor:
-    codes = []
-    for start in range(0, len(images), batch_size):
-        mu, _ = model.encode(images[start:start + batch_size], labels[start:start + batch_size])
-        codes.append(mu.float())
-    return torch.cat(codes)
+        z = (1 - t) * codes[a] + t * codes[b]
+        rows.append(to_uint8(decoder(z, labels[a].expand(steps))))
+        names.append(f"{int(labels[a])} -> {int(labels[b])}")
+    what = "two digits of one label (the label fixed)" if conditional else "digits of two labels"
+    return labelled_grid(np.stack(rows), names, f"decoding the line between the codes of {what}",
+                         column_names=[f"{v:.2f}" for v in t.squeeze(1).tolist()])
 
 
 def principal_components(codes: torch.Tensor, n: int = 2):
@@ -364,24 +364,29 @@ def principal_components(codes: torch.Tensor, n: int = 2):
     return coordinates.numpy(), share + [0.0] * (n - len(share))
 
 
-def latent_map_png(codes: torch.Tensor, labels: np.ndarray, title: str) -> bytes:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def latent_map_png(codes: torch.Tensor, labels, task: str, map_num: int = 5000) -> bytes:
+    """The posterior means (from forward) of the first `map_num` images on their two main axes."""
+    from matplotlib.figure import Figure
+    from matplotlib import colormaps
+    num = min(map_num, len(codes))
+    codes, labels = codes[:num], np.asarray(labels)[:num]
     coordinates, share = principal_components(codes)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    colours = plt.get_cmap("tab10")
+    fig = Figure(figsize=(6, 6))
+    ax = fig.subplots()
+    colours = colormaps["tab10"]
     for c in range(NUM_CLASSES):
         points = coordinates[labels == c]
         ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.6, color=colours(c), label=str(c), rasterized=True)
     ax.set_xlabel(f"principal component 1 ({share[0]:.0%} of the variance)")
     ax.set_ylabel(f"principal component 2 ({share[1]:.0%})")
+    title = f"{task}: posterior means of {num} images, PCA of {codes.shape[1]} dims"
+    if task == "Genwithlabel":
+        title += "\n(the label is given to the model, so the code holds style, not class)"
     ax.set_title(title, fontsize=10)
     ax.legend(title="label", markerscale=4, fontsize=8, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -394,49 +399,13 @@ def run_folder_of(checkpoint_path) -> Path:
     return path.with_suffix("")
 
 
-def write_pictures(folder, model, data: MNISTDataset, task: str, checkpoint_path, map_num: int = 5000) -> list:
-    """interpolation.png, latent_map.png and (when the run folder still has it) a copy of the
-    training's loss_curve.png, into `folder` beside inference.py's samples.png and recon.png.
-    Returns the names written."""
-    folder = Path(folder)
-    model = model.eval()
-    images, labels = data.images.cpu(), data.labels.cpu()
-    written = []
-    picture = interpolation_picture(model, images, labels, conditional=(task == "Genwithlabel"))
-    if picture is not None:
-        atomic_write_bytes(folder / "interpolation.png", png(picture))
-        written.append("interpolation.png")
-    num = min(map_num, len(images))
-    codes = latent_codes(model, images[:num], labels[:num])
-    title = (f"{task}: posterior means of {num} images, PCA of {codes.shape[1]} dims"
-             + ("\n(the label is given to the model, so the code holds style, not class)"
-                if task == "Genwithlabel" else ""))
-    atomic_write_bytes(folder / "latent_map.png", latent_map_png(codes, labels[:num].numpy(), title))
-    written.append("latent_map.png")
+def loss_curve_copy(checkpoint_path):
+    """The training's loss_curve.png when the checkpoint's run folder still has it, else None."""
     curve = run_folder_of(checkpoint_path) / "loss_curve.png"
-    if curve.is_file():
-        atomic_write_bytes(folder / "loss_curve.png", curve.read_bytes())
-        written.append("loss_curve.png")
-    return written
+    return curve.read_bytes() if curve.is_file() else None
 
 
 # ==================================================================== extended metrics
-def read_samples(output_dir: Path, task: str):
-    """(uint8 images [M,28,28], the label of each one's folder [M]) of gen/{label}/*.png."""
-    from grade import read_png
-    from tasks import SAMPLES_PER_LABEL
-    images, labels = [], []
-    for label in range(NUM_CLASSES):
-        folder = output_dir / "gen" / str(label)
-        files = sorted(folder.glob("*.png")) if folder.is_dir() else []
-        if len(files) < SAMPLES_PER_LABEL[task]:
-            raise LabError(f"{folder} holds {len(files)} samples, expected {SAMPLES_PER_LABEL[task]}: "
-                           f"rerun inference.py")
-        images += [read_png(f) for f in files]
-        labels += [label] * len(files)
-    return np.stack(images), np.array(labels)
-
-
 def resolve_model_checkpoint(info: dict, output_dir: Path) -> Path:
     recorded = info.get("checkpoint_path")
     if not recorded:
@@ -499,7 +468,8 @@ def likelihood_metrics(info, output_dir, task, images, labels, num, k, seed=0):
     total = len(images)
     num = total if num <= 0 else min(num, total)
     index = np.sort(np.random.default_rng(seed).choice(total, num, replace=False))
-    log_w = log_weights(model, images[index], labels[index], var, k=k, seed=seed)
+    log_w = log_weights(model, images[index], labels[index], var, k=k, seed=seed,
+                        latent_dim=info["latent_dim"])
     iw = bounds(log_w, likelihood_ks(k))
     return {"num_images": num, "of": total, "subset": f"random, seed {seed}", "k": k, "var": var,
             "checkpoint_path": str(path), "conditional_on_label": task == "Genwithlabel",
@@ -509,16 +479,17 @@ def likelihood_metrics(info, output_dir, task, images, labels, num, k, seed=0):
 
 def extended_metrics(task, output_dir, data_path, num=1000, k=100, classifier_path=None, seed=0) -> dict:
     """Everything above for one task's inference outputs, as a JSON-ready dict."""
-    from grade import read_outputs_info
+    import outputs
+    from tasks import SAMPLES_PER_LABEL
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if k < 1 or num < 0:
         raise LabError(f"--extended_k {k} --extended_num {num}: use k >= 1 (100 or more for a tight bound) "
                        f"and num >= 0 (0: the whole split)")
-    info = read_outputs_info(output_dir)
+    info = outputs.read_info(output_dir)
     classifier, saved = load_classifier(classifier_path)
     images, labels = load_split(data_path)
-    gen_images, gen_labels = read_samples(output_dir, task)
+    gen_images, gen_labels = outputs.read_samples(output_dir, SAMPLES_PER_LABEL[task])
     real_features, real_predictions = classify(classifier, images)
     gen_features, gen_predictions = classify(classifier, gen_images)
     result = {
@@ -530,7 +501,7 @@ def extended_metrics(task, output_dir, data_path, num=1000, k=100, classifier_pa
         "classifier_fid": fid_metrics(real_features, labels, gen_features, gen_labels, task, seed=seed),
         "diversity": diversity_metrics(real_features, labels, gen_features, gen_labels, task),
         "likelihood": likelihood_metrics(info, output_dir, task, images, labels, num, k, seed=seed),
-        "pictures": {name: str(output_dir / name) for name in PICTURES if (output_dir / name).is_file()},
+        "pictures": {name: str(output_dir / name) for name in outputs.PICTURES if (output_dir / name).is_file()},
     }
     result["seconds"] = round(time.perf_counter() - started, 2)
     return result
@@ -566,7 +537,7 @@ def report(task: str, e: dict) -> str:
     target = "-log p(x | label)" if lik["conditional_on_label"] else "-log p(x)"
     lines.append(f"                   negative ELBO {lik['neg_elbo']:.1f} nats/image; "
                  f"{target} <= {lik['iw_bound']:.1f} (importance-weighted, k={lik['k']}) [{ks}]")
-    missing = [name for name in PICTURES if name not in e["pictures"]]
+    missing = [name for name in outputs.PICTURES if name not in e["pictures"]]
     lines.append(f"  pictures         {', '.join(e['pictures']) or 'none'}"
                  + (f"; missing {', '.join(missing)} (loss_curve.png is copied only when the checkpoint's run folder still exists)"
                     if missing else ""))
@@ -582,6 +553,7 @@ def fake_samples(outputs: Path, save_dir: Path, kind: str = "pixel-shuffle", see
                       FID compares are the real ones, but the images are not digits
       collapse        one training image of the label, repeated
     hyperparams.json (and so the model behind the likelihood) is copied unchanged."""
+    from outputs import png_bytes
     from tasks import SAMPLES_PER_LABEL
     outputs, save_dir = Path(outputs), Path(save_dir)
     info_path = outputs / "hyperparams.json"
@@ -606,9 +578,9 @@ def fake_samples(outputs: Path, save_dir: Path, kind: str = "pixel-shuffle", see
         fake = fake.reshape(per_label, 28, 28).astype(np.uint8)
         (save_dir / "gen" / str(c)).mkdir(parents=True)
         for i, pixels in enumerate(fake):
-            (save_dir / "gen" / str(c) / f"{i}.png").write_bytes(png(pixels, scale=1))
+            (save_dir / "gen" / str(c) / f"{i}.png").write_bytes(png_bytes(pixels))
         rows.append(fake[:10])
-    atomic_write_bytes(save_dir / "samples.png", png(tile(np.stack(rows))))
+    atomic_write_bytes(save_dir / "samples.png", samples_picture(np.stack(rows), conditional=True))
     print(f"wrote {save_dir}: {kind} samples ({per_label} per label) in gen/, the rest copied from {outputs}; "
           f"grade with: python grade.py --extended --{task}_output_dir {save_dir} --result_path {save_dir}/grade.json")
 

@@ -20,18 +20,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
-from data_utils import (ROOT, NUM_CLASSES, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
+import outputs
+from data_utils import (ROOT, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
                         resolve_split, run_cli)
 from tasks import SAMPLES_PER_LABEL, TASK_ALIASES, TASKS, default_output_dir
 
 GRADE_CAPS = {"VAE0label": 10.0, "Genwithlabel": 30.0}
 IMAGE_PIXELS = 784
-# What grade_task reads from the outputs' hyperparams.json (inference.py writes them all).
-OUTPUT_INFO_KEYS = ("task", "latent_dim", "data_path", "data_sha256", "num_images")
 
 
 def compression_bonus(latent_dim: int) -> float:
@@ -48,36 +46,8 @@ def grade(task: str, ssim: float, mse: float, latent_dim: int, fid: float = None
     return min(score, GRADE_CAPS[task]) if capped else score
 
 
-def read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("L") if image.mode != "L" else image)
-    except FileNotFoundError:
-        raise LabError(f"missing {path}: rerun inference.py for this split") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise LabError(f"cannot read {path} ({error}): rerun inference.py") from None
-    if pixels.shape != (28, 28):
-        raise LabError(f"{path} is {pixels.shape[1]}x{pixels.shape[0]}, expected 28x28: rerun inference.py")
-    return pixels
-
-
-def read_outputs_info(output_dir: Path) -> dict:
-    path = output_dir / "hyperparams.json"
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LabError(f"{path} is missing, so the latent_dim for the bonus is unknown: "
-                       f"write the outputs with inference.py") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise LabError(f"{path} is not valid JSON ({error}): rerun inference.py") from None
-    missing = [key for key in OUTPUT_INFO_KEYS if not isinstance(info, dict) or key not in info]
-    if missing:
-        raise LabError(f"{path} lacks {', '.join(missing)}: it was not written by this inference.py; rerun it")
-    return info
-
-
 def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
-    info = read_outputs_info(output_dir)
+    info = outputs.read_info(output_dir)
     if info.get("task") != task:
         raise LabError(f"{output_dir} holds outputs of task {info.get('task')}, not {task}: "
                        f"pass the right --{task}_output_dir")
@@ -91,31 +61,37 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
                        f"rerun inference.py")
     if task == "Genwithlabel":  # a missing sample folder is found before minutes of SSIM, not after
         for label in range(NUM_CLASSES):
-            folder = output_dir / "gen" / str(label)
-            count = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+            count = outputs.count_samples(output_dir, label)
             if count < SAMPLES_PER_LABEL[task]:
-                raise LabError(f"{folder} holds {count} samples, expected {SAMPLES_PER_LABEL[task]}: "
-                               f"rerun inference.py (it writes gen/0 .. gen/9)")
+                raise LabError(f"{outputs.gen_folder(output_dir, label)} holds {count} samples, expected "
+                               f"{SAMPLES_PER_LABEL[task]}: rerun inference.py (it writes gen/0 .. gen/9)")
     num = info["num_images"]
     if not isinstance(num, int) or not 0 < num <= len(images):
         raise LabError(f"{output_dir / 'hyperparams.json'} says num_images {num}, but {data_file} holds "
                        f"{len(images)} images: rerun inference.py")
+    recon = outputs.read_recon(output_dir, num, progress=lambda r: tqdm(r, desc=f"{task}: read recon", leave=False))
+    samples = None
+    if task == "Genwithlabel":
+        samples = [np.stack([outputs.read_png(f) for f in sorted(outputs.gen_folder(output_dir, label).glob("*.png"))])
+                   for label in range(NUM_CLASSES)]
+    result = grade_arrays(task, images, labels, recon, samples, int(info["latent_dim"]))
+    return dict(result, data_path=str(data_file))
+
+
+def grade_arrays(task: str, images: np.ndarray, labels: np.ndarray, recon: np.ndarray, samples, latent_dim: int) -> dict:
+    """The lab's measures and grade from pixels: real uint8 images [N,28,28] and their labels,
+    uint8 reconstructions of the first len(recon) of them, and (Genwithlabel) uint8 samples per
+    label, samples[c] of shape [K,28,28]."""
+    num = len(recon)
     real = images[:num].astype(np.float64)
-    recon = np.stack([read_png(output_dir / "recon" / f"recon_{i}.png")
-                      for i in tqdm(range(num), desc=f"{task}: read recon", leave=False)])
     mse = float(np.mean(((real - recon) / 255.0) ** 2))
     ssim = float(np.mean([structural_similarity(images[i], recon[i], data_range=255)
                           for i in tqdm(range(num), desc=f"{task}: SSIM", leave=False)]))
-    latent_dim = int(info["latent_dim"])
     result = {"ssim": ssim, "mse": mse, "latent_dim": latent_dim, "bonus": compression_bonus(latent_dim),
-              "data_path": str(data_file), "num_images": num}
+              "num_images": num}
     fid = None
     if task == "Genwithlabel":
-        fids = []
-        for label in range(NUM_CLASSES):
-            files = sorted((output_dir / "gen" / str(label)).glob("*.png"))
-            generated = np.stack([read_png(f) for f in files]) / 255.0
-            fids.append(cal_fid(images[labels == label] / 255.0, generated))
+        fids = [cal_fid(images[labels == label] / 255.0, samples[label] / 255.0) for label in range(NUM_CLASSES)]
         fid = float(np.mean(fids))
         result["fid"] = fid
         result["fid_per_label"] = fids
@@ -129,7 +105,7 @@ def parse_args(argv=None):
     for task in TASKS:
         aliases = [alias for alias, name in TASK_ALIASES.items() if name == task]
         parser.add_argument(*(f"--{name}" for name in [task, *aliases]), dest=task,
-                            action=argparse.BooleanOptionalAction, default=None,
+                            action=BooleanFlag, default=None,
                             help=f"grade {task} (default: if its output folder exists)")
         parser.add_argument(*(f"--{name}_output_dir" for name in [task, *aliases]), dest=f"{task}_output_dir",
                             type=Path, default=default_output_dir(task),
@@ -138,7 +114,7 @@ def parse_args(argv=None):
                         help="split to grade against (default: the one the outputs were made from)")
     parser.add_argument("--result_path", type=Path, default=ROOT / "grade_result.json",
                         help="JSON file the results are merged into (default grade_result.json)")
-    parser.add_argument("--extended", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--extended", action=BooleanFlag, default=False,
                         help="also label accuracy, classifier FID, diversity and likelihood (evaluation.py), "
                              "stored under <task>.extended; the lab's grade is unchanged")
     parser.add_argument("--extended_num", type=int, default=1000,

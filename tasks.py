@@ -33,11 +33,20 @@ def canonical_task(name: str) -> str:
     return name
 
 
-def build_model(model_name: str, **model_kwargs):
+def build_model(model_name: str, latent_dim: int):
+    """The model a checkpoint or --model names, built the handout's way: cls(latent_dim=N)."""
+    import contract
     if model_name not in MODEL_CLASSES:
         raise LabError(f"unknown model class {model_name!r}: expected one of {', '.join(MODEL_CLASSES)}")
     module_name, class_name = MODEL_CLASSES[model_name]
-    return getattr(importlib.import_module(module_name), class_name)(**model_kwargs)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # a student's file that fails to import: say so in one line
+        raise LabError(f"cannot import {module_name}.py: {contract.one_line(error)}") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise contract.ContractError(f"{module_name}.py defines no class {class_name}")
+    return contract.build(cls, latent_dim)
 
 
 def default_checkpoint(task: str) -> Path:

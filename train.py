@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from data_utils import ROOT, LabError, MNISTDataset, run_cli, set_random_seed
+from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
 from tasks import MODEL_FOR_TASK, TASKS, canonical_task
 from trainer import Trainer, TrainConfig, TrainingInterrupted, newest_run_checkpoint
 
@@ -54,13 +54,13 @@ def parse_args(argv=None):
             parser.add_argument(f"--{field.name}", type=type(default), default=default,
                                 help=f"{HELP[field.name]} (default {default})")
     parser.add_argument("--limit", type=int, default=0, help="train on the first N training images only (0: all)")
-    parser.add_argument("--load_from_checkpoint", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--load_from_checkpoint", action=BooleanFlag, default=False,
                         help="resume the run in --save_dir from its newest checkpoint (interrupted.pth or "
                              "epoch_N.pth, whichever has more steps; --checkpoint only if the folder has none)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="resume from this checkpoint file")
-    parser.add_argument("--save_loss_plot", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--save_loss_plot", action=BooleanFlag, default=True,
                         help="write loss_curve.png into the run folder (default on)")
-    parser.add_argument("--show_loss_plot", action=argparse.BooleanOptionalAction, default=False,
+    parser.add_argument("--show_loss_plot", action=BooleanFlag, default=False,
                         help="open the loss curve in a window at the end (default off)")
     return parser.parse_args(argv)
 

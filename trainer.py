@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import contract
 from data_utils import LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from submission import vae_loss
 from tasks import TASKS, build_model
@@ -123,8 +124,11 @@ def pick_autocast_dtype(precision: str, device: torch.device):
 
 
 # ---------------------------------------------------------------- checkpoint format
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint safely (weights_only: no pickled code runs) and check its fields."""
+def load_checkpoint(path, handout_task=None, handout_latent_dim=None) -> dict:
+    """Load a checkpoint safely (weights_only: no pickled code runs) and check its fields.
+
+    A checkpoint in the handout's format ({epoch, model_state_dict, optimizer_state_dict}) does
+    not say what it is: it is accepted when the caller knows the task and latent_dim (flags)."""
     path = Path(path)
     if not path.is_file():
         raise LabError(f"checkpoint {path} not found: train one with train.py or pass --checkpoint_path")
@@ -143,6 +147,8 @@ def load_checkpoint(path) -> dict:
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise LabError(f"{path} is truncated or corrupt ({detail[:120]}): "
                        f"use another checkpoint or retrain") from None
+    if isinstance(checkpoint, dict) and "format" not in checkpoint and "model_state_dict" in checkpoint:
+        checkpoint = from_handout_format(checkpoint, path, handout_task, handout_latent_dim)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise LabError(f"{path} is not a checkpoint of this lab (no format {CHECKPOINT_FORMAT} header): "
                        f"train one with train.py")
@@ -155,6 +161,22 @@ def load_checkpoint(path) -> dict:
                        f"expected one of {', '.join(TASKS)}")
     return checkpoint
 
+
+
+def from_handout_format(raw: dict, path, task, latent_dim) -> dict:
+    """The handout's {epoch, model_state_dict, optimizer_state_dict} as a checkpoint of this lab,
+    for submission.py's model of `task` built with `latent_dim` (neither is recorded in the file)."""
+    if task is None or latent_dim is None:
+        raise LabError(f"{path} is a checkpoint in the handout's format, which does not record the task or "
+                       f"latent_dim: pass --task and --latent_dim (the values it was trained with)")
+    from tasks import MODEL_FOR_TASK
+    epoch = raw.get("epoch", 0)
+    return {"format": CHECKPOINT_FORMAT, "task": task, "model": MODEL_FOR_TASK["submission"][task],
+            "model_kwargs": {"latent_dim": latent_dim},
+            "hyperparams": {"latent_dim": latent_dim, "epochs": epoch, "handout_format": True,
+                            "note": "a handout-format checkpoint: task and latent_dim come from the flags"},
+            "epoch": epoch if isinstance(epoch, int) else 0, "step": 0, "batch_in_epoch": 0,
+            "model_state_dict": raw["model_state_dict"]}
 
 def model_from_checkpoint(checkpoint: dict, path="checkpoint"):
     """Rebuild the network a checkpoint names and load its weights."""
@@ -214,7 +236,7 @@ class Trainer:
         self.autocast_dtype = pick_autocast_dtype(config.precision, self.device)
         self.model_kwargs = {"latent_dim": config.latent_dim}
         self.model = (model or build_model(config.model, **self.model_kwargs)).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(contract.require_parameters(self.model), lr=config.lr)
         self.train_data, self.valid_data = train_data, valid_data
         self.save_dir = Path(config.save_dir)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
@@ -315,9 +337,9 @@ class Trainer:
         images, labels = images.to(self.device), labels.to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            recon_x, mu, log_var = self.model(images, labels)
+            recon_x, mu, log_var = contract.forward(self.model, images, labels, self.config.latent_dim)
         # The loss itself in fp32: it sums 784 squared errors per image.
-        return vae_loss(recon_x.float(), images, mu.float(), log_var.float(), var=self.config.var)
+        return contract.loss(vae_loss, recon_x.float(), images, mu.float(), log_var.float(), var=self.config.var)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -332,22 +354,6 @@ class Trainer:
             count += stop - start
         self.model.train()
         return total / count
-
-    @torch.no_grad()
-    def fit_prior(self) -> None:
-        """Models with a fitted prior (see submission.LatentPrior) refit it on the training codes."""
-        if not hasattr(self.model, "fit_prior"):
-            return
-        self.model.eval()
-        codes = []
-        # The same autocast as training: in fp32 this pass cost a third of an epoch's steps.
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            for images, labels in self.train_data.batches(512):
-                mu, _ = self.model.encode(images.to(self.device), labels.to(self.device))
-                codes.append(mu.float())
-        self.model.fit_prior(torch.cat(codes), self.train_data.labels.to(self.device))
-        self.model.train()
 
     # -------------------------------------------------------------- files
     def save_epoch_checkpoint(self) -> Path:
@@ -450,7 +456,6 @@ class Trainer:
                                    f"lower --lr or raise --var; the last good checkpoint in {self.save_dir} "
                                    f"is kept")
                 self.epoch, self.batch_in_epoch = epoch, 0
-                self.fit_prior()
                 path = self.save_epoch_checkpoint()
                 if save_loss_plot:
                     self.save_loss_plot()

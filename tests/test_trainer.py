@@ -40,7 +40,7 @@ def test_training_lowers_the_loss_and_writes_its_files(tmp_path):
     expected = trainer.model(x, labels)[0]
     assert torch.equal(rebuilt(x, labels)[0], expected) and torch.equal(exported(x, labels)[0], expected)
     z = torch.randn(4, 3)
-    assert torch.equal(rebuilt.decode(z, 2), trainer.model.decode(z, 2))  # the fitted prior travels too
+    assert torch.equal(rebuilt.decode(z, 2), trainer.model.decode(z, 2))  # the running code statistics travel too
     assert "optimizer_state_dict" not in load_checkpoint(tmp_path / "run.pth")
 
 

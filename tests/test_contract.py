@@ -1,0 +1,176 @@
+"""contract.py: the handout's calls, their checks, and the decode fallbacks; the handout's flag
+and checkpoint styles; outputs.py never replacing a folder it did not write."""
+import argparse
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import contract
+import outputs
+from conftest import run
+from data_utils import BooleanFlag, LabError
+
+
+class TinyDecoder(nn.Module):
+    """decode(z, labels) = sigmoid(W [z, onehot(labels)]), written in several students' styles."""
+
+    def __init__(self, style, latent_dim=3):
+        super().__init__()
+        self.style = style
+        self.fc = nn.Linear(latent_dim + 10, 784)
+
+    def decode(self, z, label):
+        if self.style == "batched":
+            onehot = F.one_hot(torch.as_tensor(label).long().reshape(-1).expand(len(z)), 10).float()
+        elif self.style == "0dim-mixes-labels":
+            # written for one label: with a [B] label every row gets every label's one-hot
+            onehot = torch.zeros(1, 10)
+            onehot[0, label] = 1
+            onehot = onehot.expand(len(z), 10)
+        elif self.style == "batch-only":
+            onehot = F.one_hot(label, 10).float()  # a 0-dim label gives [10]: torch.cat fails below
+        elif self.style == "int-only":
+            if isinstance(label, torch.Tensor):
+                raise TypeError("label must be an int")
+            onehot = F.one_hot(torch.full((len(z),), label), 10).float()
+        else:
+            raise RuntimeError("broken decoder")
+        return torch.sigmoid(self.fc(torch.cat([z, onehot], dim=1)))
+
+
+def handout_images(model, z, labels):
+    """The handout's generation, written independently: one sample at a time, 0-dim label."""
+    return torch.stack([model.decode(z[i:i + 1], labels[i]).reshape(28, 28) for i in range(len(z))])
+
+
+@pytest.mark.parametrize("style, mode", [("batched", "batched"), ("0dim-mixes-labels", "tensor"),
+                                         ("batch-only", "batched"), ("int-only", "int")])
+def test_decoder_picks_a_call_that_gives_the_handouts_images(style, mode):
+    torch.manual_seed(0)
+    model = TinyDecoder(style).eval()
+    decoder = contract.Decoder(model, latent_dim=3)
+    assert decoder.mode == mode
+    z, labels = torch.randn(6, 3), torch.tensor([0, 1, 2, 7, 8, 9])
+    images = decoder(z, labels)
+    assert images.shape == (6, 28, 28)
+    reference = TinyDecoder("batched")
+    reference.load_state_dict(model.state_dict())
+    assert torch.allclose(images, handout_images(reference, z, labels), atol=1e-6)
+
+
+def test_a_decoder_that_fails_every_call_is_named():
+    with pytest.raises(contract.ContractError, match=r"decode\(z \[1, 3\], label tensor\(5\)\) raised RuntimeError"):
+        contract.Decoder(TinyDecoder("broken"), latent_dim=3)
+
+
+class Shaped(nn.Module):
+    def __init__(self, latent_dim=4, recon_shape=(784,), mu_width=None):
+        super().__init__()
+        self.fc = nn.Linear(784, 2 * latent_dim)
+        self.out = nn.Linear(latent_dim, 784)
+        self.recon_shape, self.mu_width = recon_shape, mu_width or latent_dim
+
+    def forward(self, x, labels):
+        mu, log_var = self.fc(x.view(-1, 784)).chunk(2, dim=1)
+        size = 1
+        for n in self.recon_shape:
+            size *= n
+        recon = torch.sigmoid(self.out(mu))[:, :size].reshape(len(x), *self.recon_shape)
+        return recon, mu[:, :self.mu_width], log_var[:, :self.mu_width]
+
+
+@pytest.mark.parametrize("shape", [(784,), (28, 28), (1, 28, 28)])
+def test_forward_accepts_every_recon_shape_of_the_handout(shape):
+    x, labels = torch.rand(5, 1, 28, 28), torch.arange(5)
+    images, mu, _ = contract.reconstruct(Shaped(recon_shape=shape), x, labels, latent_dim=4)
+    assert images.shape == (5, 28, 28) and mu.shape == (5, 4)
+
+
+def test_forward_names_a_code_narrower_than_latent_dim():
+    with pytest.raises(contract.ContractError, match=r"mu of shape \[5, 2\], expected \[5, 4\].*latent_dim=4"):
+        contract.forward(Shaped(mu_width=2), torch.rand(5, 1, 28, 28), torch.arange(5), latent_dim=4)
+    with pytest.raises(contract.ContractError, match="expected 5 images of 784 values"):
+        contract.forward(Shaped(recon_shape=(27, 28)), torch.rand(5, 1, 28, 28), torch.arange(5))
+
+
+def test_a_model_without_parameters_names_the_todo_to_write_first():
+    class VAE(nn.Module):
+        def __init__(self, latent_dim=8):
+            super().__init__()
+    with pytest.raises(contract.ContractError, match=r"VAE has no trainable parameters.*section 2\.2\.1"):
+        contract.require_parameters(VAE())
+
+
+def test_check_passes_the_reference_and_names_the_failing_call():
+    import types
+
+    import submission
+    for task in contract.CLASS_FOR_TASK:
+        info = contract.check(submission, task, latent_dim=4)
+        assert info["latent_dim"] == 4 and info["decode"] == "batched" and info["parameters"] > 0
+    broken = types.SimpleNamespace(VAE=submission.VAE, GenModel=submission.GenModel,
+                                   vae_loss=lambda recon_x, x, mu, log_var, var=0.5: (x - recon_x.reshape(x.shape)).sum(1))
+    with pytest.raises(contract.ContractError, match="vae_loss returned .*expected a scalar tensor"):
+        contract.check(broken, "VAE0label", latent_dim=4)
+
+
+@pytest.mark.parametrize("words, expected", [([], None), (["--flag"], True), (["--flag", "True"], True),
+                                             (["--flag", "False"], False), (["--flag", "false"], False),
+                                             (["--flag", "0"], False), (["--no-flag"], False)])
+def test_boolean_flags_read_the_handouts_value_style(words, expected):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--flag", action=BooleanFlag, default=None)
+    parser.add_argument("--other", default="x")
+    assert parser.parse_args(words + ["--other", "y"]).flag is expected
+
+
+def test_grade_takes_value_style_task_switches(tmp_path):
+    result = run("grade.py", "--Genwithlabel", "False", "--VAEwolabel", "False", "--result_path", tmp_path / "g.json",
+                 check=False)
+    assert result.returncode == 2 and "nothing to grade" in result.stderr
+    result = run("grade.py", "--Genwithlabel", "maybe", check=False)
+    assert result.returncode == 2 and "--Genwithlabel True or --Genwithlabel False" in result.stderr
+
+
+def test_inference_refuses_a_folder_laid_out_by_the_handouts_scripts(tmp_path):
+    """The handout trained into its save_dir and inferred into it too: epoch_1.pth sits beside recon/."""
+    folder = tmp_path / "run"
+    (folder / "recon").mkdir(parents=True)
+    (folder / "recon" / "recon_0.png").write_bytes(b"old")
+    (folder / "epoch_1.pth").write_bytes(b"weights")
+    (folder / "loss_curve.png").write_bytes(b"curve")
+    with pytest.raises(LabError, match="holds 'epoch_1.pth'.*nothing was changed"):
+        outputs.check_replaceable(folder)
+    # the same names, without a checkpoint, but not marked as written by inference.py
+    (folder / "epoch_1.pth").unlink()
+    (folder / "hyperparams.json").write_text(json.dumps({"batch_size": 1024}))  # the Trainer's file
+    with pytest.raises(LabError, match="not an output folder of inference.py"):
+        outputs.check_replaceable(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["hyperparams.json", "loss_curve.png", "recon"]
+    (folder / "hyperparams.json").write_text(json.dumps({"written_by": outputs.WRITTEN_BY}))
+    outputs.check_replaceable(folder)  # an earlier output, and nothing else: replaceable
+
+
+def test_inference_reads_a_handout_format_checkpoint(tmp_path, tiny_valid):
+    from submission import GenModel
+    torch.manual_seed(0)
+    model = GenModel(latent_dim=3)
+    optimizer = torch.optim.Adam(model.parameters())
+    path = tmp_path / "epoch_3.pth"
+    torch.save({"epoch": 3, "model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+               path)
+    result = run("inference.py", "--checkpoint_path", path, "--save_dir", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "handout's format" in result.stderr and "--task and --latent_dim" in result.stderr
+    result = run("inference.py", "--checkpoint_path", path, "--task", "Genwithlabel", "--latent_dim", 3,
+                 "--data_path", tiny_valid, "--inf_num", 20, "--save_dir", tmp_path / "out")
+    assert "latent_dim 3 come from the flags" in result.stdout
+    info = json.loads((tmp_path / "out" / "hyperparams.json").read_text())
+    assert info["latent_dim"] == 3 and info["task"] == "Genwithlabel" and info["num_images"] == 20
+    model.eval()
+    x = torch.from_numpy(__import__("numpy").load(tiny_valid)["images"][:1]).float().div(255).unsqueeze(1)
+    label = torch.from_numpy(__import__("numpy").load(tiny_valid)["labels"][:1])
+    expected = torch.round(model(x, label)[0].clamp(0, 1) * 255).reshape(28, 28).to(torch.uint8).numpy()
+    assert (outputs.read_png(outputs.recon_path(tmp_path / "out", 0)) == expected).all()
