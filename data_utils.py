@@ -142,6 +142,9 @@ def recorded_sha256(path: Path):
 def load_split(split):
     """Return (images uint8 [N,28,28], labels int64 [N]) as numpy arrays, checked."""
     path = resolve_split(split)
+    if path.is_dir():
+        raise LabError(f"{path} is a folder: the lab reads a split as one .npz file (a name such as valid or "
+                       f"test, or a path to an .npz with 'images' and 'labels'), not a folder of PNG files")
     if not path.is_file():
         raise LabError(f"data file {path} not found: use a split name (train, valid, test) or a path to an .npz "
                        f"with 'images' and 'labels' (rebuild the splits with `python dataset/build.py`)")

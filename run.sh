@@ -5,6 +5,13 @@
 #                         reconstruct + generate on the validation split, grade, print both grades
 #   SPLIT=test bash run.sh        the same, graded on the test split
 #   RUN=try2 bash run.sh          train into checkpoints/<task>/try2 instead of .../run
+#                                 (a RUN with a '/' is a folder: RUN/<task>)
+#   RESUME=1 bash run.sh          after Ctrl-C: continue each task's run where it stopped
+#   FRESH=1 bash run.sh           start over, replacing an unfinished run
+#   THREADS=1 bash run.sh         torch threads (default: one per core; 1 is faster on a busy machine)
+#   OUT=dir bash run.sh           inference outputs in dir/<task> and grades in dir/grade_result.json
+#                                 (default: outputs/<task> and grade_result.json)
+#   TRAIN_FLAGS="--epochs 3" bash run.sh     more train.py flags, e.g. a quick try
 #   bash run.sh sweep     the hyper-parameter grid of benchmarks/sweep.py (latent_dim x var x lr x
 #                         epochs), one table of grades in sweeps/sweep.{csv,md}
 #
@@ -14,27 +21,58 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 SPLIT=${SPLIT:-valid}
 RUN=${RUN:-run}
+RESUME=${RESUME:-0}
+FRESH=${FRESH:-0}
+THREADS=${THREADS:-0}
+OUT=${OUT:-}
+TRAIN_FLAGS=${TRAIN_FLAGS:-}
 
 if [ "${1:-}" = "sweep" ]; then
     shift
+    if [ ! -f benchmarks/sweep.py ]; then
+        echo "error: the sweep (benchmarks/sweep.py) is not part of this copy of the lab" >&2
+        exit 2
+    fi
     exec "$PYTHON" benchmarks/sweep.py --out sweeps/sweep "$@"
 elif [ -n "${1:-}" ]; then
     echo "error: unknown argument '$1': use 'bash run.sh' or 'bash run.sh sweep'" >&2
     exit 2
 fi
 
+run_dir() {  # the run folder of task $1
+    case "$RUN" in */*) echo "$RUN/$1" ;; *) echo "checkpoints/$1/$RUN" ;; esac
+}
 TASKS=$("$PYTHON" -c "from tasks import TASKS; print(*TASKS)")  # the names are defined once, in tasks.py
 start=$(date +%s)
 for task in $TASKS; do
     echo "== train $task"
-    "$PYTHON" train.py --task "$task" --save_dir "$RUN"
+    folder=$(run_dir "$task")
+    # shellcheck disable=SC2206  # TRAIN_FLAGS is split into words on purpose
+    flags=(--task "$task" --save_dir "$folder" --threads "$THREADS" $TRAIN_FLAGS)
+    if [ "$RESUME" = 1 ] && compgen -G "$folder/*.pth" > /dev/null; then
+        flags+=(--load_from_checkpoint)
+    elif [ "$FRESH" = 1 ]; then
+        flags+=(--overwrite)
+    fi
+    status=0
+    "$PYTHON" train.py "${flags[@]}" || status=$?
+    if [ "$status" = 130 ]; then
+        echo "interrupted: the run is saved; RESUME=1 bash run.sh continues where it stopped" >&2
+        exit 130
+    elif [ "$status" != 0 ]; then
+        exit "$status"
+    fi
 done
 trained=$(date +%s)
+grade_flags=()
 for task in $TASKS; do
     echo "== inference $task on $SPLIT"
-    "$PYTHON" inference.py --checkpoint_path "checkpoints/$task/$RUN.pth" --data_path "$SPLIT" --save_dir "outputs/$task"
+    out="${OUT:-outputs}/$task"
+    "$PYTHON" inference.py --checkpoint_path "$(run_dir "$task").pth" --data_path "$SPLIT" --save_dir "$out"
+    grade_flags+=("--${task}_output_dir" "$out")
 done
 echo "== grade"
-"$PYTHON" grade.py  # grades every outputs/<task>/ written above
+result=${OUT:+$OUT/}grade_result.json
+"$PYTHON" grade.py "${grade_flags[@]}" --result_path "$result"
 end=$(date +%s)
-echo "training took $((trained - start)) s; the whole job $((end - start)) s (grades above, also in grade_result.json)"
+echo "training took $((trained - start)) s; the whole job $((end - start)) s (grades above, also in $result)"

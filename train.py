@@ -11,6 +11,7 @@ inference.py reads. Ctrl-C saves interrupted.pth there; --load_from_checkpoint r
 """
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
 from tasks import MODEL_FOR_TASK, TASKS, canonical_task
-from trainer import Trainer, TrainConfig, TrainingInterrupted, newest_run_checkpoint
+from trainer import Trainer, TrainConfig, TrainingInterrupted, epoch_number, newest_run_checkpoint
 
 DEFAULTS = TrainConfig()
 
@@ -58,6 +59,12 @@ def parse_args(argv=None):
                         help="resume the run in --save_dir from its newest checkpoint (interrupted.pth or "
                              "epoch_N.pth, whichever has more steps; --checkpoint only if the folder has none)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="resume from this checkpoint file")
+    parser.add_argument("--overwrite", action=BooleanFlag, default=False,
+                        help="start over in a run folder that holds an unfinished run (default: refuse, and say "
+                             "how to resume it)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default, one per core). On a busy machine 1 "
+                             "can be faster than 2: threads that wait for a core stall each other")
     parser.add_argument("--save_loss_plot", action=BooleanFlag, default=True,
                         help="write loss_curve.png into the run folder (default on)")
     parser.add_argument("--show_loss_plot", action=BooleanFlag, default=False,
@@ -67,6 +74,39 @@ def parse_args(argv=None):
 
 def run_dir(task: str, save_dir: str) -> Path:
     return Path(save_dir) if "/" in save_dir else ROOT / "checkpoints" / task / save_dir
+
+
+def unfinished_run(folder: Path):
+    """What an interrupted or unfinished run left in `folder` ('interrupted.pth (step 267)', ...), or None."""
+    if (folder / "interrupted.pth").is_file():
+        return "interrupted.pth"
+    epochs = sorted(epoch_number(p) for p in folder.glob("epoch_*.pth"))
+    if not epochs:
+        return None
+    try:
+        target = json.loads((folder / "hyperparams.json").read_text())["epochs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        target = None
+    if target is None or epochs[-1] < target:
+        return f"epoch_{epochs[-1]}.pth" + (f" of {target} epochs" if target else "")
+    return None
+
+
+def refuse_to_overwrite(folder: Path) -> None:
+    left = unfinished_run(folder)
+    if left:
+        raise LabError(f"{folder} holds an unfinished run ({left}): add --load_from_checkpoint to continue it "
+                       f"(bash run.sh: RESUME=1 bash run.sh), choose another --save_dir, or pass --overwrite "
+                       f"to start over and lose it")
+
+
+def precision_line(trainer) -> str:
+    if trainer.autocast_dtype is not None:
+        return f"bf16 autocast on {trainer.device} (fast bf16 hardware found; --precision fp32 to turn it off)"
+    if trainer.config.precision == "fp32":
+        return f"fp32 on {trainer.device} (--precision fp32)"
+    return (f"fp32 on {trainer.device} (no fast bf16 here, such as AVX512-BF16 or AMX, so training is slower than "
+            f"on a CPU that has it)")
 
 
 def main(argv=None):
@@ -79,6 +119,13 @@ def main(argv=None):
     if args.limit < 0:
         raise LabError(f"--limit {args.limit} is negative: use 0 for the whole split or a positive count")
 
+    if args.threads < 0:
+        raise LabError(f"--threads {args.threads} is negative: use 0 (torch's default) or a count")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (args.load_from_checkpoint or args.checkpoint or args.overwrite):
+        refuse_to_overwrite(Path(config.save_dir))
+
     set_random_seed(config.seed)
     train_data = MNISTDataset(config.train_data, limit=args.limit or None)
     valid_data = MNISTDataset(config.valid_data)
@@ -86,6 +133,7 @@ def main(argv=None):
     print("config: " + ", ".join(f"{k}={v}" for k, v in trainer.hyperparams().items()))
     print(f"data: {len(train_data)} training images from {train_data.path}, "
           f"validation on {valid_data.path}; {torch.get_num_threads()} CPU threads")
+    print(f"precision: {precision_line(trainer)}")
 
     resume_from = args.checkpoint
     if args.load_from_checkpoint:

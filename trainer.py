@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 import contract
-from data_utils import LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from submission import vae_loss
 from tasks import TASKS, build_model
 
@@ -247,6 +247,10 @@ class Trainer:
     def hyperparams(self) -> dict:
         params = dataclasses.asdict(self.config)
         params["learning_rate"] = params["lr"]  # the handout's key
+        # A path inside the lab is recorded relative to it: the file travels with the checkpoint.
+        save_dir = Path(params["save_dir"]).resolve()
+        if save_dir.is_relative_to(ROOT):
+            params["save_dir"] = save_dir.relative_to(ROOT).as_posix()
         params["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         params["device"] = str(self.device)
         params["autocast"] = str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
@@ -462,7 +466,7 @@ class Trainer:
                 seconds = time.perf_counter() - started
                 tqdm.write(f"epoch {epoch}: train loss {np.mean(self.train_losses[-batches_per_epoch:]):.2f}"
                            + (f", valid loss {self.valid_losses[-1][1]:.2f}" if self.valid_losses else "")
-                           + f", {images_seen / seconds:,.0f} images/s, saved {path}")
+                           + f", {images_seen / seconds:,.0f} images/s (average of this run so far), saved {path}")
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)

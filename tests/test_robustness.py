@@ -554,3 +554,35 @@ def test_same_seed_gives_identical_checkpoints_and_outputs(reference, outputs, t
     assert result.returncode == 0, result.stderr
     assert folder_digest(tmp_path / "out" / "recon") == folder_digest(outputs / "recon")
     assert folder_digest(tmp_path / "out" / "gen") == folder_digest(outputs / "gen")
+
+
+def test_run_sh_survives_ctrl_c_refuses_to_start_over_and_resumes(tmp_path, tiny_valid):
+    """Ctrl-C in the main job saves the run and says how to resume; a plain rerun refuses to
+    replace the unfinished run; RESUME=1 continues it to the end and grades."""
+    env = dict(os.environ, SPLIT=str(tiny_valid), RUN=str(tmp_path / "runs"), OUT=str(tmp_path / "out"),
+               THREADS="1", TRAIN_FLAGS="--limit 3000 --epochs 2 --batch_size 16 --pred_step 0 --eval_num 50 "
+                                      "--latent_dim 3 --no-save_loss_plot")
+    log = tmp_path / "first.log"
+    with open(log, "wb") as output:
+        job = subprocess.Popen(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=env, stdout=output,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while b"epoch 1/2:" not in log.read_bytes() or b"it/s" not in log.read_bytes():
+            assert time.monotonic() < deadline and job.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert job.wait(timeout=120) == 130
+    text = log.read_text()
+    assert "RESUME=1 bash run.sh continues where it stopped" in text
+    assert (tmp_path / "runs" / "VAE0label" / "interrupted.pth").is_file()
+    rerun = subprocess.run(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 2 and "holds an unfinished run (interrupted.pth)" in rerun.stderr
+    assert "RESUME=1 bash run.sh" in rerun.stderr
+    assert (tmp_path / "runs" / "VAE0label" / "interrupted.pth").is_file()  # still there
+    resumed = subprocess.run(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=dict(env, RESUME="1"),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "training took" in resumed.stdout
+    grades = json.loads((tmp_path / "out" / "grade_result.json").read_text())
+    assert set(grades) == {"VAE0label", "Genwithlabel"}
