@@ -457,7 +457,7 @@ def diversity_metrics(real_features, real_labels, gen_features, gen_labels, task
 
 
 def likelihood_metrics(info, output_dir, task, images, labels, num, k, seed=0):
-    from trainer import load_checkpoint, model_from_checkpoint
+    from checkpoint import load_checkpoint, model_from_checkpoint
     path = resolve_model_checkpoint(info, output_dir)
     checkpoint = load_checkpoint(path)
     if checkpoint["task"] != task or checkpoint["model_kwargs"].get("latent_dim") != info["latent_dim"]:
@@ -537,7 +537,8 @@ def report(task: str, e: dict) -> str:
     target = "-log p(x | label)" if lik["conditional_on_label"] else "-log p(x)"
     lines.append(f"                   negative ELBO {lik['neg_elbo']:.1f} nats/image; "
                  f"{target} <= {lik['iw_bound']:.1f} (importance-weighted, k={lik['k']}) [{ks}]")
-    missing = [name for name in outputs.PICTURES if name not in e["pictures"]]
+    from outputs import PICTURES
+    missing = [name for name in PICTURES if name not in e["pictures"]]
     lines.append(f"  pictures         {', '.join(e['pictures']) or 'none'}"
                  + (f"; missing {', '.join(missing)} (loss_curve.png is copied only when the checkpoint's run folder still exists)"
                     if missing else ""))

@@ -31,7 +31,7 @@ import outputs
 from data_utils import (NUM_CLASSES, LabError, MNISTDataset, ensure_writable_folder, resolve_split, run_cli,
                         set_random_seed, to_uint8)
 from tasks import SAMPLES_PER_LABEL, canonical_task, default_checkpoint, default_output_dir
-from trainer import load_checkpoint, model_from_checkpoint, newest_run_checkpoint, pick_device
+from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint, pick_device
 
 
 def parse_args(argv=None):

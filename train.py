@@ -19,7 +19,8 @@ import torch
 
 from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
 from tasks import MODEL_FOR_TASK, TASKS, canonical_task
-from trainer import Trainer, TrainConfig, TrainingInterrupted, epoch_number, newest_run_checkpoint
+from checkpoint import epoch_number, newest_run_checkpoint
+from trainer import Trainer, TrainConfig, TrainingInterrupted
 
 DEFAULTS = TrainConfig()
 

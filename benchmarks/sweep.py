@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from data_utils import LabError, atomic_write_bytes, atomic_write_json, run_cli  # noqa: E402
 from grade import GRADE_CAPS  # noqa: E402
 from tasks import TASKS  # noqa: E402
-from trainer import TrainConfig, export_path  # noqa: E402
+from checkpoint import export_path  # noqa: E402
+from trainer import TrainConfig  # noqa: E402
 
 DEFAULTS = TrainConfig()
 COLUMNS = ["task", "latent_dim", "var", "lr", "epochs", "train_seconds", "ssim", "mse", "fid",

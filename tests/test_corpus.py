@@ -15,7 +15,7 @@ from skimage.metrics import structural_similarity
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
-LAB_FILES = ["contract.py", "data_utils.py", "tasks.py", "trainer.py", "train.py", "inference.py", "grade.py",
+LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "tasks.py", "trainer.py", "train.py", "inference.py", "grade.py",
              "outputs.py", "evaluation.py", "model.py"]
 TASKS = ("VAE0label", "Genwithlabel")
 

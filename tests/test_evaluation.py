@@ -21,7 +21,7 @@ import grade
 from conftest import run
 from data_utils import load_split
 from submission import vae_loss
-from trainer import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 
 
 @pytest.fixture(scope="module")

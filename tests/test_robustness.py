@@ -28,7 +28,8 @@ import torch
 from conftest import ROOT, run
 from data_utils import (DATASET_DIR, LabError, MNISTDataset, atomic_torch_save, atomic_write_bytes, load_split,
                         run_cli)
-from trainer import Trainer, TrainConfig, load_checkpoint, model_from_checkpoint, newest_run_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint
+from trainer import Trainer, TrainConfig
 
 # 640 images in batches of 16: 40 steps an epoch, long enough to land a signal inside one.
 # Every setting is spelled out: runs compared bit for bit must not depend on train.py's defaults.

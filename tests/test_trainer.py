@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from data_utils import LabError, MNISTDataset
-from trainer import Trainer, TrainConfig, load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
+from trainer import Trainer, TrainConfig
 
 
 def make_trainer(tmp_path, epochs, **overrides):
