@@ -21,10 +21,10 @@ import sys
 import torch
 
 from data_utils import IMAGE_SHAPE, NUM_CLASSES, LabError
+from tasks import TASK_RECORDS
 
 IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
-# The class each task builds from submission.py (tasks.MODEL_FOR_TASK names them for checkpoints).
-CLASS_FOR_TASK = {"VAE0label": "VAE", "Genwithlabel": "GenModel"}
+CLASS_FOR_TASK = {name: task.model_class for name, task in TASK_RECORDS.items()}
 # The handout's section a student writes first for each class: named when nothing is written yet.
 FIRST_TODO = {"VAE": "section 2.2.1 (the layers of VAE.__init__)", "GenModel": "section 3 (GenModel.__init__)"}
 FALLBACK_LATENT_DIM = 8
@@ -227,7 +227,8 @@ def check(submission, task: str, latent_dim: int = None, batch: int = 8) -> dict
                                 f"outside [0, 1] (end the decoder with a sigmoid)")
         decoder = Decoder(model, latent_dim)
         decoder(torch.randn(2, latent_dim), torch.tensor([0, 9]))
-    return {"latent_dim": latent_dim, "parameters": sum(p.numel() for p in parameters), "decode": decoder.mode}
+    return {"class": cls.__name__, "latent_dim": latent_dim, "parameters": sum(p.numel() for p in parameters),
+            "decode": decoder.mode}
 
 
 def default_latent_dim(cls):
@@ -272,7 +273,7 @@ def main(argv=None) -> int:
             try:
                 info = check(submission, task, latent_dims.get(task))
                 result["tasks"][task] = dict(info, ok=True)
-                print(f"{task}: ok ({CLASS_FOR_TASK[task]}, latent_dim {info['latent_dim']}, "
+                print(f"{task}: ok ({info['class']}, latent_dim {info['latent_dim']}, "
                       f"{info['parameters']:,} trainable parameters, decode: {info['decode']})")
             except BaseException as error:
                 message = str(error) if isinstance(error, ContractError) else one_line(error)

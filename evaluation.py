@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from data_utils import (NUM_CLASSES, ROOT, LabError, MNISTDataset, atomic_torch_save, atomic_write_bytes,
                         load_split, run_cli, set_random_seed, to_uint8)
+from tasks import TASK_RECORDS
 
 CLASSIFIER_PATH = ROOT / "checkpoints" / "classifier.pth"
 CLASSIFIER_FORMAT = "lab-digit-classifier-1"
@@ -380,7 +381,7 @@ def latent_map_png(codes: torch.Tensor, labels, task: str, map_num: int = 5000) 
     ax.set_xlabel(f"principal component 1 ({share[0]:.0%} of the variance)")
     ax.set_ylabel(f"principal component 2 ({share[1]:.0%})")
     title = f"{task}: posterior means of {num} images, PCA of {codes.shape[1]} dims"
-    if task == "Genwithlabel":
+    if TASK_RECORDS[task].conditional:
         title += "\n(the label is given to the model, so the code holds style, not class)"
     ax.set_title(title, fontsize=10)
     ax.legend(title="label", markerscale=4, fontsize=8, loc="best")
@@ -422,7 +423,7 @@ def resolve_model_checkpoint(info: dict, output_dir: Path) -> Path:
 def label_metrics(predictions, gen_labels, task):
     share = np.bincount(predictions, minlength=NUM_CLASSES) / max(len(predictions), 1)
     result = {"predicted_label_share": share.tolist()}
-    if task == "Genwithlabel":
+    if TASK_RECORDS[task].conditional:
         correct = predictions == gen_labels
         result["overall"] = float(correct.mean())
         result["per_label"] = [float(correct[gen_labels == c].mean()) for c in range(NUM_CLASSES)]
@@ -434,7 +435,7 @@ def fid_metrics(real_features, real_labels, gen_features, gen_labels, task, seed
     floor, floor_size, floor_rest = frechet_floor(real_features, len(gen_features), seed=seed)
     result = {"overall": overall, "overall_floor": floor, "num_generated": len(gen_features),
               "num_real": len(real_features), "floor_sizes": [floor_size, floor_rest]}
-    if task == "Genwithlabel":
+    if TASK_RECORDS[task].conditional:
         per, floors = [], []
         for c in range(NUM_CLASSES):
             real_c, gen_c = real_features[real_labels == c], gen_features[gen_labels == c]
@@ -448,7 +449,7 @@ def fid_metrics(real_features, real_labels, gen_features, gen_labels, task, seed
 def diversity_metrics(real_features, real_labels, gen_features, gen_labels, task):
     real_spread, gen_spread = mean_pairwise_distance(real_features), mean_pairwise_distance(gen_features)
     result = {"overall_ratio": gen_spread / real_spread, "real_spread": real_spread, "generated_spread": gen_spread}
-    if task == "Genwithlabel":
+    if TASK_RECORDS[task].conditional:
         ratios = [mean_pairwise_distance(gen_features[gen_labels == c])
                   / mean_pairwise_distance(real_features[real_labels == c]) for c in range(NUM_CLASSES)]
         result.update(per_label_ratio=ratios, mean_per_label_ratio=float(np.nanmean(ratios)),
@@ -472,7 +473,7 @@ def likelihood_metrics(info, output_dir, task, images, labels, num, k, seed=0):
                         latent_dim=info["latent_dim"])
     iw = bounds(log_w, likelihood_ks(k))
     return {"num_images": num, "of": total, "subset": f"random, seed {seed}", "k": k, "var": var,
-            "checkpoint_path": str(path), "conditional_on_label": task == "Genwithlabel",
+            "checkpoint_path": str(path), "conditional_on_label": TASK_RECORDS[task].conditional,
             "neg_elbo": iw[1], "iw_bound": iw[k], "iw_bound_by_k": {str(key): value for key, value in iw.items()},
             "per_pixel": {"neg_elbo": iw[1] / 784, "iw_bound": iw[k] / 784}}
 
@@ -480,7 +481,6 @@ def likelihood_metrics(info, output_dir, task, images, labels, num, k, seed=0):
 def extended_metrics(task, output_dir, data_path, num=1000, k=100, classifier_path=None, seed=0) -> dict:
     """Everything above for one task's inference outputs, as a JSON-ready dict."""
     import outputs
-    from tasks import SAMPLES_PER_LABEL
     started = time.perf_counter()
     output_dir = Path(output_dir)
     if k < 1 or num < 0:
@@ -489,7 +489,7 @@ def extended_metrics(task, output_dir, data_path, num=1000, k=100, classifier_pa
     info = outputs.read_info(output_dir)
     classifier, saved = load_classifier(classifier_path)
     images, labels = load_split(data_path)
-    gen_images, gen_labels = outputs.read_samples(output_dir, SAMPLES_PER_LABEL[task])
+    gen_images, gen_labels = outputs.read_samples(output_dir, TASK_RECORDS[task].samples_per_label)
     real_features, real_predictions = classify(classifier, images)
     gen_features, gen_predictions = classify(classifier, gen_images)
     result = {
@@ -555,7 +555,6 @@ def fake_samples(outputs: Path, save_dir: Path, kind: str = "pixel-shuffle", see
       collapse        one training image of the label, repeated
     hyperparams.json (and so the model behind the likelihood) is copied unchanged."""
     from outputs import png_bytes
-    from tasks import SAMPLES_PER_LABEL
     outputs, save_dir = Path(outputs), Path(save_dir)
     info_path = outputs / "hyperparams.json"
     if not info_path.is_file():
@@ -565,7 +564,7 @@ def fake_samples(outputs: Path, save_dir: Path, kind: str = "pixel-shuffle", see
         raise LabError(f"{save_dir} exists: choose a new --save_dir")
     rng = np.random.default_rng(seed)
     images, labels = load_split("train")
-    per_label = SAMPLES_PER_LABEL[task]
+    per_label = TASK_RECORDS[task].samples_per_label
     shutil.copytree(outputs, save_dir, ignore=shutil.ignore_patterns("gen", "samples.png"))
     rows = []
     for c in range(NUM_CLASSES):

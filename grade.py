@@ -24,12 +24,12 @@ from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 import outputs
-from data_utils import (ROOT, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
+from data_utils import (ROOT, IMAGE_SHAPE, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
                         resolve_split, run_cli)
-from tasks import SAMPLES_PER_LABEL, TASK_ALIASES, TASKS, default_output_dir
+from tasks import TASK_ALIASES, TASK_RECORDS, TASKS, default_output_dir
 
-GRADE_CAPS = {"VAE0label": 10.0, "Genwithlabel": 30.0}
-IMAGE_PIXELS = 784
+GRADE_CAPS = {name: task.cap for name, task in TASK_RECORDS.items()}
+IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 
 def compression_bonus(latent_dim: int) -> float:
@@ -38,12 +38,9 @@ def compression_bonus(latent_dim: int) -> float:
 
 def grade(task: str, ssim: float, mse: float, latent_dim: int, fid: float = None, capped: bool = True) -> float:
     """The lab's grade; capped=False gives the formula without its min(., cap)."""
-    if task == "VAE0label":
-        raw = 5 * ssim + 50 * max(0.1 - mse, 0)
-    else:
-        raw = 10 * ssim + 100 * max(0.1 - mse, 0) + max(10 - fid, 0)
-    score = raw * compression_bonus(latent_dim)
-    return min(score, GRADE_CAPS[task]) if capped else score
+    record = TASK_RECORDS[task]
+    score = record.raw_grade(ssim, mse, fid) * compression_bonus(latent_dim)
+    return min(score, record.cap) if capped else score
 
 
 def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
@@ -59,19 +56,20 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
                            f"with --data_path {test_data_path}, or grade without --test_data_path")
         raise LabError(f"{data_file} changed after {output_dir} was made from it (its sha256 differs): "
                        f"rerun inference.py")
-    if task == "Genwithlabel":  # a missing sample folder is found before minutes of SSIM, not after
+    record = TASK_RECORDS[task]
+    if record.conditional:  # a missing sample folder is found before minutes of SSIM, not after
         for label in range(NUM_CLASSES):
             count = outputs.count_samples(output_dir, label)
-            if count < SAMPLES_PER_LABEL[task]:
+            if count < record.samples_per_label:
                 raise LabError(f"{outputs.gen_folder(output_dir, label)} holds {count} samples, expected "
-                               f"{SAMPLES_PER_LABEL[task]}: rerun inference.py (it writes gen/0 .. gen/9)")
+                               f"{record.samples_per_label}: rerun inference.py (it writes gen/0 .. gen/9)")
     num = info["num_images"]
     if not isinstance(num, int) or not 0 < num <= len(images):
         raise LabError(f"{output_dir / 'hyperparams.json'} says num_images {num}, but {data_file} holds "
                        f"{len(images)} images: rerun inference.py")
     recon = outputs.read_recon(output_dir, num, progress=lambda r: tqdm(r, desc=f"{task}: read recon", leave=False))
     samples = None
-    if task == "Genwithlabel":
+    if record.conditional:
         samples = [np.stack([outputs.read_png(f) for f in sorted(outputs.gen_folder(output_dir, label).glob("*.png"))])
                    for label in range(NUM_CLASSES)]
     result = grade_arrays(task, images, labels, recon, samples, int(info["latent_dim"]))
@@ -90,7 +88,7 @@ def grade_arrays(task: str, images: np.ndarray, labels: np.ndarray, recon: np.nd
     result = {"ssim": ssim, "mse": mse, "latent_dim": latent_dim, "bonus": compression_bonus(latent_dim),
               "num_images": num}
     fid = None
-    if task == "Genwithlabel":
+    if TASK_RECORDS[task].conditional:  # the FID compares samples with real digits label by label
         fids = [cal_fid(images[labels == label] / 255.0, samples[label] / 255.0) for label in range(NUM_CLASSES)]
         fid = float(np.mean(fids))
         result["fid"] = fid

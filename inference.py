@@ -30,7 +30,7 @@ import contract
 import outputs
 from data_utils import (NUM_CLASSES, LabError, MNISTDataset, ensure_writable_folder, resolve_split, run_cli,
                         set_random_seed, to_uint8)
-from tasks import SAMPLES_PER_LABEL, canonical_task, default_checkpoint, default_output_dir
+from tasks import TASK_RECORDS, canonical_task, default_checkpoint, default_output_dir
 from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint, pick_device
 
 
@@ -118,11 +118,12 @@ def main(argv=None):
     recon, codes = reconstruct(model, data, args.batch_size, latent_dim, device)
     decoder = contract.Decoder(model, latent_dim)
     print(f"generating with {decoder.note}")
-    samples = generate(decoder, latent_dim, SAMPLES_PER_LABEL[task], args.seed, device)
+    per_label = TASK_RECORDS[task].samples_per_label
+    samples = generate(decoder, latent_dim, per_label, args.seed, device)
     info = dict(checkpoint["hyperparams"], task=task, latent_dim=latent_dim, model=checkpoint["model"],
                 checkpoint_path=str(checkpoint_path), data_path=str(data_file),
                 data_sha256=hashlib.sha256(data_file.read_bytes()).hexdigest(),
-                num_images=len(data), samples_per_label=SAMPLES_PER_LABEL[task], inference_seed=args.seed)
+                num_images=len(data), samples_per_label=per_label, inference_seed=args.seed)
 
     partial = save_dir.parent / f".{save_dir.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
@@ -145,13 +146,13 @@ def main(argv=None):
 def write_pictures(folder, data, recon, samples, codes, decoder, task, checkpoint_path) -> list:
     """The pictures; each extra beyond recon.png and samples.png is skipped, with one line, if it fails."""
     import evaluation
+    conditional = TASK_RECORDS[task].conditional
     shown = min(16, len(recon))
     originals = to_uint8(data.images[:shown].squeeze(1))
     pictures = {
         "recon.png": lambda: evaluation.recon_picture(originals, recon[:shown]),
-        "samples.png": lambda: evaluation.samples_picture(samples[:, :10], conditional=(task == "Genwithlabel")),
-        "interpolation.png": lambda: evaluation.interpolation_png(decoder, codes, data.labels,
-                                                                  conditional=(task == "Genwithlabel")),
+        "samples.png": lambda: evaluation.samples_picture(samples[:, :10], conditional),
+        "interpolation.png": lambda: evaluation.interpolation_png(decoder, codes, data.labels, conditional),
         "latent_map.png": lambda: evaluation.latent_map_png(codes, data.labels, task),
         "loss_curve.png": lambda: evaluation.loss_curve_copy(checkpoint_path),
     }

@@ -2,15 +2,40 @@
 
 Every script takes its task names from here, so there is one list to change."""
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_utils import ROOT, LabError
 
-TASKS = ("VAE0label", "Genwithlabel")
+@dataclass(frozen=True)
+class Task:
+    """Everything the scripts need to know about one task; they branch on these fields, not on names."""
+    name: str
+    aliases: tuple          # other spellings accepted on the command line
+    model_class: str        # the class of submission.py that the task builds
+    conditional: bool       # is the label a condition of generation (so samples are judged per label)?
+    samples_per_label: int  # samples inference.py writes per label (and grade.py expects)
+    cap: float              # the most the grade can be
+    weights: tuple          # (SSIM, max(0.1 - MSE, 0), max(10 - FID, 0)) weights of the grade
+
+    def raw_grade(self, ssim: float, mse: float, fid: float = None) -> float:
+        """The lab's weighted sum, before the compression bonus and the cap."""
+        w_ssim, w_mse, w_fid = self.weights
+        return w_ssim * ssim + w_mse * max(0.1 - mse, 0) + (w_fid * max(10 - fid, 0) if w_fid else 0.0)
+
+
 # The handout's scripts spelled VAE0label "VAEwolabel"; a scanned copy reads "VAEOlabel".
-TASK_ALIASES = {"VAEwolabel": "VAE0label", "VAEOlabel": "VAE0label"}
-# Samples written per label by inference.py (and expected by grade.py).
-SAMPLES_PER_LABEL = {"VAE0label": 10, "Genwithlabel": 100}
+TASK_RECORDS = {
+    "VAE0label": Task("VAE0label", ("VAEwolabel", "VAEOlabel"), "VAE", conditional=False, samples_per_label=10,
+                      cap=10.0, weights=(5, 50, 0)),
+    "Genwithlabel": Task("Genwithlabel", (), "GenModel", conditional=True, samples_per_label=100,
+                         cap=30.0, weights=(10, 100, 1)),
+}
+TASKS = tuple(TASK_RECORDS)
+TASK_ALIASES = {alias: task.name for task in TASK_RECORDS.values() for alias in task.aliases}
+SAMPLES_PER_LABEL = {name: task.samples_per_label for name, task in TASK_RECORDS.items()}
+# The code may hold 1 to 784 numbers: a code longer than the image compresses nothing.
+LATENT_RANGE = (1, 784)
 # The only classes a checkpoint can ask to be rebuilt with: a checkpoint names one of these
 # keys, never an arbitrary import path.
 MODEL_CLASSES = {
@@ -20,9 +45,13 @@ MODEL_CLASSES = {
 }
 # --model submission|demo -> the class trained for each task.
 MODEL_FOR_TASK = {
-    "submission": {"VAE0label": "submission.VAE", "Genwithlabel": "submission.GenModel"},
-    "demo": {"VAE0label": "model.VAE", "Genwithlabel": "model.VAE"},
+    "submission": {name: f"submission.{task.model_class}" for name, task in TASK_RECORDS.items()},
+    "demo": {name: "model.VAE" for name in TASK_RECORDS},
 }
+
+
+def task_record(name: str) -> Task:
+    return TASK_RECORDS[canonical_task(name)]
 
 
 def canonical_task(name: str) -> str:

@@ -24,7 +24,7 @@ from checkpoint import (CHECKPOINT_FORMAT, INTERRUPTED, capture_rng, export_path
                         model_from_checkpoint, pick_autocast_dtype, pick_device, prune, restore_rng)
 from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from submission import vae_loss
-from tasks import build_model
+from tasks import LATENT_RANGE, build_model
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TrainConfig:
     def check(self) -> None:
         """Refuse settings that cannot train, with the fix in the message."""
         limits = {  # field: (lowest, highest, why)
-            "latent_dim": (1, 784, "a code longer than the 784 pixels compresses nothing"),
+            "latent_dim": (*LATENT_RANGE, "a code longer than the 784 pixels compresses nothing"),
             "batch_size": (1, 65536, ""),
             "epochs": (1, 100_000, ""),
             "lr": (1e-8, 1.0, ""),
