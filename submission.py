@@ -134,18 +134,59 @@ def vae_loss(recon_x, x, mu, log_var, var=0.5):
     # END SOLUTION
 
 
+class ClassCodeStatistics(nn.Module):
+    """Running mean and covariance of the codes of each class, kept while training the way
+    BatchNorm keeps its running statistics (an average over the recent batches, no gradient).
+
+    They define where generation draws from: a sample of class c is decoded from
+    z_c = m_c + L_c eps, eps ~ N(0, I), with L_c the Cholesky factor of the covariance S_c, so
+    "whiten" maps a code to its eps and "colour" maps eps back. Before any training m = 0, L = I."""
+
+    def __init__(self, latent_dim: int, num_classes: int, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(num_classes, latent_dim))
+        self.register_buffer("second_moment", torch.eye(latent_dim).repeat(num_classes, 1, 1))
+
+    @torch.no_grad()
+    def update(self, codes, labels):
+        codes = codes.detach().float()
+        for c in labels.unique():
+            class_codes = codes[labels == c]
+            self.mean[c].lerp_(class_codes.mean(dim=0), self.momentum)
+            self.second_moment[c].lerp_(class_codes.T @ class_codes / len(class_codes), self.momentum)
+
+    def scale_tril(self, labels):
+        mean = self.mean[labels].double()
+        cov = self.second_moment[labels].double() - mean[:, :, None] * mean[:, None, :]
+        cov = cov + 1e-6 * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        return torch.linalg.cholesky(cov)
+
+    def whiten(self, mu, log_var, labels):
+        """(eps, log variance of eps) for the codes N(mu, exp(log_var)) of class `labels`; the
+        variance is the diagonal of L^-1 diag(sigma^2) L^-T."""
+        inverse = torch.linalg.inv(self.scale_tril(labels))
+        eps = inverse @ (mu.double() - self.mean[labels].double())[:, :, None]
+        var = (inverse ** 2) @ log_var.double().exp()[:, :, None]
+        return eps.squeeze(-1).to(mu.dtype), var.squeeze(-1).log().to(log_var.dtype)
+
+    def colour(self, eps, labels):
+        z = self.mean[labels].double() + (self.scale_tril(labels) @ eps.double()[:, :, None]).squeeze(-1)
+        return z.to(eps.dtype)
+
+
 class GenModel(nn.Module):
     """Section 3: a conditional VAE. Encoder and decoder both see the label (one-hot), so
     the code only has to carry the style of the digit, and decode(z, 5) draws a 5.
 
-    decode(z ~ N(0, I), label) draws good digits only where the decoder was trained, that is
-    if the codes of real digits spread like N(0, I). The KL term alone leaves them narrower
-    (its mu^2 part pulls every code in), so N(0, I) draws land partly outside and decode to
-    smudges. So the posterior means are standardised over the data, as BatchNorm does: batch
-    statistics while training, their running averages afterwards. Every code dimension then
-    has spread 1 (the KL's mu^2 part is constant and only shapes sigma), the statistics are
-    kept by forward itself, so any training loop gets them, and decode(mu, label) is still
-    exactly the model's own reconstruction."""
+    decode(z ~ N(0, I), label) draws good digits only where the decoder was trained. The KL
+    term pulls the codes towards N(0, I) but never gets them there: the codes of real 5s fill a
+    smaller, tilted region, and many N(0, I) draws land outside it and decode to smudges. So
+    forward keeps running statistics of each class's codes while training (any training loop
+    gets them, as with BatchNorm), and the model speaks of its codes in the coordinates where
+    each class's codes are N(0, I): decode colours z into that region, and in eval mode forward
+    returns its posterior means whitened the same way. decode(mu, label) is then exactly the
+    model's own reconstruction, and decode(z ~ N(0, I), label) draws where 5s were seen."""
 
     def __init__(self, latent_dim: int = 8, width: int = 32, hidden: int = 256):
         super().__init__()
@@ -153,7 +194,7 @@ class GenModel(nn.Module):
         self.latent_dim = latent_dim
         self.encoder = ConvEncoder(latent_dim, extra_features=NUM_CLASSES, width=width, hidden=hidden)
         self.decoder = ConvDecoder(latent_dim, extra_features=NUM_CLASSES, width=width, hidden=hidden)
-        self.code_norm = nn.BatchNorm1d(latent_dim, affine=False)
+        self.code_statistics = ClassCodeStatistics(latent_dim, NUM_CLASSES)
         # END SOLUTION
 
     def one_hot(self, labels, batch_size, device):
@@ -161,12 +202,7 @@ class GenModel(nn.Module):
 
     def encode(self, x, labels):
         # BEGIN SOLUTION 3
-        mu, log_var = self.encoder(x, self.one_hot(labels, x.shape[0], x.device))
-        if self.training and len(mu) == 1:  # batch statistics need two codes or more
-            mu = F.batch_norm(mu, self.code_norm.running_mean, self.code_norm.running_var)
-        else:
-            mu = self.code_norm(mu)
-        return mu, log_var
+        return self.encoder(x, self.one_hot(labels, x.shape[0], x.device))
         # END SOLUTION
 
     def reparameterize(self, mu, log_var):
@@ -177,14 +213,23 @@ class GenModel(nn.Module):
         # END SOLUTION
 
     def decode(self, z, labels):
-        """Digits of class `labels` (an int, a 0-dim tensor or one label per row of z) from codes z."""
+        """Digits of class `labels` (an int, a 0-dim tensor or one label per row of z) from codes
+        z in the model's coordinates (z ~ N(0, I) for new digits)."""
         # BEGIN SOLUTION 3
-        return self.decoder(z, self.one_hot(labels, len(z), z.device))
+        labels = as_label_batch(labels, len(z), z.device)
+        return self.decoder(self.code_statistics.colour(z, labels), self.one_hot(labels, len(z), z.device))
         # END SOLUTION
 
     def forward(self, x, labels):
         # BEGIN SOLUTION 3
-        mu, log_var = self.encode(x, labels)
-        z = self.reparameterize(mu, log_var)
-        return self.decode(z, labels), mu, log_var
+        labels = as_label_batch(labels, x.shape[0], x.device)
+        condition = self.one_hot(labels, x.shape[0], x.device)
+        mu, log_var = self.encoder(x, condition)
+        if self.training:
+            self.code_statistics.update(mu, labels)
+            z = self.reparameterize(mu, log_var)
+            return self.decoder(z, condition), mu, log_var
+        # Eval: the reconstruction from the posterior mean, and the codes in decode's coordinates.
+        recon_x = self.decoder(mu, condition)
+        return (recon_x, *self.code_statistics.whiten(mu, log_var, labels))
         # END SOLUTION

@@ -129,27 +129,46 @@ def test_vae_loss_default_var_and_gradients():
     assert recon_x.grad is not None and torch.all(mu.grad == 0)
 
 
-def test_genmodel_standardises_its_codes_like_batchnorm():
-    """Train mode: each code dimension has mean 0 and (biased) variance 1 over the batch, and the
-    running averages move towards the batch statistics; eval mode uses those averages."""
+def test_genmodel_keeps_running_class_statistics_and_whitens_its_codes():
+    """Train-mode forward moves each class's running mean and second moment 1% towards the batch's
+    (computed here by hand); eval-mode forward returns L^-1 (mu - m), the coordinates decode reads."""
     torch.manual_seed(0)
     model = GenModel(latent_dim=3)
     x, labels = batch(64)
-    raw_mu, _ = model.encoder(x, F.one_hot(labels, 10).float())
-    _, mu, _ = model(x, labels)
-    raw = raw_mu.detach()
-    expected = (raw - raw.mean(0)) / torch.sqrt(raw.var(0, unbiased=False) + 1e-5)  # BatchNorm's eps
-    assert torch.allclose(mu, expected, atol=1e-4) and torch.allclose(mu.mean(0), torch.zeros(3), atol=1e-5)
-    # momentum 0.1 from (0, 1): an independent computation of BatchNorm's running update
-    expected_mean = 0.1 * raw_mu.detach().mean(0)
-    expected_var = 0.9 + 0.1 * raw_mu.detach().var(0, unbiased=True)
-    assert torch.allclose(model.code_norm.running_mean, expected_mean, atol=1e-5)
-    assert torch.allclose(model.code_norm.running_var, expected_var, atol=1e-4)
+    stats = model.code_statistics
+    raw_mu, raw_log_var = model.encoder(x, F.one_hot(labels, 10).float())
+    raw_mu, raw_log_var = raw_mu.detach(), raw_log_var.detach()
+    model(x, labels)
+    for c in labels.unique():
+        codes = raw_mu[labels == c]
+        assert torch.allclose(stats.mean[c], 0.01 * codes.mean(0), atol=1e-6)
+        outer = sum(torch.outer(v, v) for v in codes) / len(codes)
+        assert torch.allclose(stats.second_moment[c], 0.99 * torch.eye(3) + 0.01 * outer, atol=1e-6)
+    absent = [c for c in range(10) if c not in labels.tolist()]
+    for c in absent:  # classes not in the batch keep N(0, I)
+        assert torch.equal(stats.mean[c], torch.zeros(3)) and torch.equal(stats.second_moment[c], torch.eye(3))
     model.eval()
-    _, mu_eval, _ = model(x, labels)
-    assert torch.allclose(mu_eval, (raw_mu.detach() - expected_mean) / torch.sqrt(expected_var + 1e-5), atol=1e-4)
-    model.train()
-    model(x[:1], labels[:1])  # a batch of one trains too (running statistics are used)
+    _, eps, eps_log_var = model(x, labels)
+    c = int(labels[0])
+    cov = stats.second_moment[c].double() - torch.outer(stats.mean[c].double(), stats.mean[c].double())
+    L = torch.linalg.cholesky(cov + 1e-6 * torch.eye(3, dtype=torch.float64))
+    expected = torch.linalg.solve(L, raw_mu[0].double() - stats.mean[c].double())
+    assert torch.allclose(eps[0].double(), expected, atol=1e-5)
+    expected_var = (torch.linalg.inv(L) ** 2) @ raw_log_var[0].double().exp()
+    assert torch.allclose(eps_log_var[0].double(), expected_var.log(), atol=1e-5)
+
+
+def test_genmodel_samples_from_each_class_fitted_gaussian():
+    """decode(z ~ N(0, I), c) decodes m_c + L_c z: set the statistics by hand and compare."""
+    torch.manual_seed(0)
+    model = GenModel(latent_dim=2).eval()
+    mean, cov = torch.tensor([3.0, -1.0]), torch.tensor([[4.0, 1.0], [1.0, 2.0]])
+    model.code_statistics.mean[7] = mean
+    model.code_statistics.second_moment[7] = cov + torch.outer(mean, mean)
+    z = torch.randn(5, 2)
+    L = torch.linalg.cholesky(cov)
+    expected = model.decoder(mean + z @ L.T, F.one_hot(torch.full((5,), 7), 10).float())
+    assert torch.allclose(model.decode(z, 7), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", MODELS)

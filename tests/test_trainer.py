@@ -75,3 +75,38 @@ def test_cosine_schedule_ends_at_a_twentieth(tmp_path):
     assert trainer.lr_at(0, 100) == pytest.approx(2e-3)
     assert trainer.lr_at(99, 100) == pytest.approx(1e-4)
     assert make_trainer(tmp_path, epochs=1, lr_schedule="constant").lr_at(99, 100) == 2e-3
+
+
+def test_every_epoch_reshuffles_and_covers_every_image(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3)
+    orders = [trainer.epoch_order(epoch) for epoch in (1, 2, 3)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(300))  # a permutation: each image once per epoch
+    assert not torch.equal(orders[0], orders[1]) and not torch.equal(orders[1], orders[2])
+    assert torch.equal(orders[1], make_trainer(tmp_path, epochs=3).epoch_order(2))  # fixed by seed and epoch
+
+
+def test_validation_runs_in_eval_mode_without_gradients(tmp_path):
+    """The validation loss is the loss of the posterior mean (eval mode), computed here independently,
+    and the model is back in train mode afterwards."""
+    from submission import vae_loss
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.model.train()
+    model, data = trainer.model, trainer.valid_data
+    with torch.no_grad():
+        model.eval()
+        recon_x, mu, log_var = model(data.images[:100], data.labels[:100])
+        expected = vae_loss(recon_x, data.images[:100], mu, log_var, var=trainer.config.var).item()
+        model.train()
+    assert trainer.validate() == pytest.approx(expected, rel=1e-5)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_the_learning_rate_schedule_by_hand(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1, lr=2e-3, lr_schedule="cosine")
+    # cosine from lr at step 0 to lr/20 at the last step (of 11): 2e-3, then the midpoint
+    assert trainer.lr_at(0, 11) == pytest.approx(2e-3)
+    assert trainer.lr_at(10, 11) == pytest.approx(1e-4)
+    assert trainer.lr_at(5, 11) == pytest.approx((2e-3 + 1e-4) / 2)
+    assert make_trainer(tmp_path, epochs=1, lr_schedule="constant").lr_at(7, 11) == pytest.approx(2e-3)

@@ -1,0 +1,106 @@
+"""Plant small bugs, one at a time, and see whether the suite notices.
+
+    python tests/mutation_check.py            # every mutant; prints a table and the score
+    python tests/mutation_check.py --only 3 7
+
+Each mutant changes one line of the lab (drop a 1/2, skip a step, swap a rule), runs the tests
+that should catch it, and restores the file, whatever happens. A mutant is "caught" when those
+tests fail. The tests named per mutant are the ones a maintainer would run after touching that
+code; a surviving mutant is a blind spot of the suite. docs/testing.md reports the last run.
+"""
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (what the bug is, file, text to replace, its replacement, tests to run)
+MUTANTS = [
+    ("KL without its 1/2", "submission.py", "kl = 0.5 * (-1 + log_var.exp()", "kl = 1.0 * (-1 + log_var.exp()",
+     ["tests/test_models.py"]),
+    ("reconstruction term without the 2 of 2 var", "submission.py", "/ (2 * var)", "/ var", ["tests/test_models.py"]),
+    ("reparameterisation with sigma^2 instead of sigma", "submission.py",
+     "return mu + eps * torch.exp(0.5 * log_var)", "return mu + eps * torch.exp(log_var)", ["tests/test_models.py"]),
+    ("GenModel.decode ignores the label", "submission.py",
+     "return self.decoder(z, self.one_hot(labels, len(z), z.device))",
+     "return self.decoder(z, self.one_hot(0, len(z), z.device))", ["tests/test_models.py"]),
+    ("GenModel without its code standardisation", "submission.py", "            mu = self.code_norm(mu)\n",
+     "            pass\n", ["tests/test_models.py"]),
+    ("simplified FID without the 2 of 2 sqrt(v v)", "data_utils.py", "- 2 * np.sqrt(var_gen * var_real)",
+     "- np.sqrt(var_gen * var_real)", ["tests/test_grade.py"]),
+    ("simplified FID with the sample variance", "data_utils.py", "var_real, var_gen = real.var(axis=0), gen.var(axis=0)",
+     "var_real, var_gen = real.var(axis=0, ddof=1), gen.var(axis=0, ddof=1)", ["tests/test_grade.py"]),
+    ("pixels truncated instead of rounded", "data_utils.py", "np.rint(np.clip(images, 0.0, 1.0) * 255)",
+     "np.floor(np.clip(images, 0.0, 1.0) * 255)", ["tests/test_grade.py"]),
+    ("pixels not clamped", "data_utils.py", "np.rint(np.clip(images, 0.0, 1.0) * 255)", "np.rint(images * 255) % 256",
+     ["tests/test_grade.py"]),
+    ("grade not capped", "grade.py", "return min(score, record.cap) if capped else score", "return score",
+     ["tests/test_grade.py"]),
+    ("bonus 0.3 instead of 0.2", "grade.py", "return 0.2 + (1 - latent_dim / IMAGE_PIXELS)",
+     "return 0.3 + (1 - latent_dim / IMAGE_PIXELS)", ["tests/test_grade.py"]),
+    ("MSE on the 0-255 scale divided once", "grade.py", "mse = float(np.mean(((real - recon) / 255.0) ** 2))",
+     "mse = float(np.mean((real - recon) ** 2 / 255.0))",
+     ["tests/test_cli.py::test_grade_numbers_match_an_independent_computation"]),
+    ("same shuffle every epoch", "trainer.py", "manual_seed(self.config.seed * 100_003 + epoch)",
+     "manual_seed(self.config.seed * 100_003)", ["tests/test_trainer.py"]),
+    ("validation in train mode", "trainer.py", "    def validate(self) -> float:\n        self.model.eval()",
+     "    def validate(self) -> float:\n        self.model.train()", ["tests/test_trainer.py"]),
+    ("cosine schedule without its floor", "trainer.py", "(0.05 + 0.95 * 0.5 *", "(0.0 + 1.0 * 0.5 *",
+     ["tests/test_trainer.py"]),
+    ("pruning keeps one checkpoint too many", "checkpoint.py", "old = sorted(ours, key=epoch_number)[:-max(keep_last, 1)]",
+     "old = sorted(ours, key=epoch_number)[:-max(keep_last, 1) - 1]", ["tests/test_trainer.py"]),
+    ("batched decode trusted without comparing it", "contract.py",
+     'if "batched" in results and (handout is None or torch.allclose(results["batched"], handout, atol=1e-4)):',
+     'if "batched" in results:', ["tests/test_contract.py"]),
+    ("inference replaces a folder with foreign files", "outputs.py", "    if foreign:\n        raise",
+     "    if False:\n        raise", ["tests/test_contract.py"]),
+    ("--flag False read as True", "data_utils.py", '    TRUE, FALSE = ("true", "1", "yes", "y", "on"), ("false", "0", "no", "n", "off")',
+     '    TRUE, FALSE = ("true", "1", "yes", "y", "on", "false"), ("0", "no", "n", "off")', ["tests/test_contract.py"]),
+    ("samples of every row drawn for label 0", "inference.py",
+     "rows.append(to_uint8(decoder(z, torch.full((per_label,), label, device=device))))",
+     "rows.append(to_uint8(decoder(z, torch.full((per_label,), 0, device=device))))", ["tests/test_evaluation.py"]),
+    ("a narrower code accepted", "contract.py", "or (latent_dim is not None and value.shape[1] != latent_dim)", "",
+     ["tests/test_contract.py"]),
+]
+
+
+def run_mutant(number, what, path, old, new, tests) -> tuple:
+    file = ROOT / path
+    original = file.read_text()
+    if original.count(old) != 1:
+        return "stale", 0.0, f"the text to replace occurs {original.count(old)} times in {path}"
+    started = time.perf_counter()
+    try:
+        file.write_text(original.replace(old, new))
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                                cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    finally:
+        file.write_text(original)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    outcome = "caught" if result.returncode != 0 else "survived"
+    return outcome, time.perf_counter() - started, (lines[0][7:120] if lines else "")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", type=int, nargs="*", help="run only these mutant numbers (1-based)")
+    args = parser.parse_args()
+    chosen = [i for i in range(1, len(MUTANTS) + 1) if not args.only or i in args.only]
+    rows, caught = [], 0
+    print("| # | planted bug | file | tests run | outcome | seconds | first failing test |")
+    print("|---|---|---|---|---|---|---|")
+    for number in chosen:
+        what, path, old, new, tests = MUTANTS[number - 1]
+        outcome, seconds, detail = run_mutant(number, what, path, old, new, tests)
+        caught += outcome == "caught"
+        print(f"| {number} | {what} | {path} | {' '.join(Path(t).name for t in tests)} | {outcome} | {seconds:.0f} "
+              f"| {detail} |", flush=True)
+        rows.append(outcome)
+    print(f"\ncaught {caught} of {len(chosen)} planted bugs")
+    return 0 if caught == len(chosen) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
