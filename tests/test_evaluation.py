@@ -199,3 +199,18 @@ def test_grade_extended_names_a_missing_model(extended, tmp_path):
     result = run("grade.py", "--Genwithlabel_output_dir", folder, "--no-VAE0label", "--extended",
                  "--result_path", tmp_path / "g.json", check=False)
     assert result.returncode == 2 and "gone.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_shipped_generator_draws_the_label_asked_for(classifier):
+    """Row c of inference.py's samples, from the shipped checkpoint, read by the shipped classifier as c."""
+    import contract
+    import inference
+    from tasks import default_checkpoint
+    path = default_checkpoint("Genwithlabel")
+    model = model_from_checkpoint(load_checkpoint(path), path).eval()
+    decoder = contract.Decoder(model, latent_dim=8)
+    samples = inference.generate(decoder, 8, per_label=40, seed=1, device=torch.device("cpu"))
+    assert samples.shape == (10, 40, 28, 28) and samples.dtype == np.uint8
+    _, predictions = ev.classify(classifier[0], samples.reshape(-1, 28, 28))
+    correct = predictions.reshape(10, 40) == np.arange(10)[:, None]
+    assert correct.mean() >= 0.95 and correct.mean(axis=1).min() >= 0.8, correct.mean(axis=1)
