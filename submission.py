@@ -134,6 +134,7 @@ def vae_loss(recon_x, x, mu, log_var, var=0.5):
     # END SOLUTION
 
 
+# BEGIN SOLUTION 3
 class ClassCodeStatistics(nn.Module):
     """Running mean and covariance of the codes of each class, kept while training the way
     BatchNorm keeps its running statistics (an average over the recent batches, no gradient).
@@ -173,6 +174,7 @@ class ClassCodeStatistics(nn.Module):
     def colour(self, eps, labels):
         z = self.mean[labels].double() + (self.scale_tril(labels) @ eps.double()[:, :, None]).squeeze(-1)
         return z.to(eps.dtype)
+# END SOLUTION
 
 
 class GenModel(nn.Module):

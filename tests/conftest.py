@@ -9,6 +9,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "derivation: checks the mathematics of docs/derivations.md itself, "
+                                       "not project code")
+
+
 def run(script, *args, check=True, timeout=300):
     """Run a repo script as a user would; return the CompletedProcess."""
     result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
@@ -18,14 +23,19 @@ def run(script, *args, check=True, timeout=300):
     return result
 
 
+def first_images(tmp_path_factory, split: str, count: int):
+    """The first `count` images of a split saved as a split of their own (an .npz path)."""
+    from data_utils import load_split
+    images, labels = load_split(split)
+    path = tmp_path_factory.mktemp("data") / f"{split}_{count}.npz"
+    np.savez_compressed(path, images=images[:count], labels=labels[:count])
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_valid(tmp_path_factory):
     """The first 200 validation images as their own split, to keep CLI tests fast."""
-    from data_utils import load_split
-    images, labels = load_split("valid")
-    path = tmp_path_factory.mktemp("data") / "tiny_valid.npz"
-    np.savez_compressed(path, images=images[:200], labels=labels[:200])
-    return path
+    return first_images(tmp_path_factory, "valid", 200)
 
 
 TINY_TRAIN = ["--limit", 384, "--epochs", 1, "--batch_size", 64, "--eval_num", 200, "--pred_step", 3]

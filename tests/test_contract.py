@@ -174,3 +174,18 @@ def test_inference_reads_a_handout_format_checkpoint(tmp_path, tiny_valid):
     label = torch.from_numpy(__import__("numpy").load(tiny_valid)["labels"][:1])
     expected = torch.round(model(x, label)[0].clamp(0, 1) * 255).reshape(28, 28).to(torch.uint8).numpy()
     assert (outputs.read_png(outputs.recon_path(tmp_path / "out", 0)) == expected).all()
+
+
+def test_small_things_a_new_user_meets(tmp_path):
+    """A folder of PNGs as --data_path names the problem, not a rebuild of the splits; a run inside
+    the lab records its folder relative to the lab, not a developer's absolute path."""
+    from data_utils import ROOT, load_split
+    (tmp_path / "pngs").mkdir()
+    with pytest.raises(LabError, match="is a folder: the lab reads a split as one .npz file") as raised:
+        load_split(tmp_path / "pngs")
+    assert "build.py" not in str(raised.value)
+    for task in ("VAE0label", "Genwithlabel"):
+        shipped = torch.load(ROOT / "checkpoints" / task / "default.pth", weights_only=True)["hyperparams"]
+        assert shipped["save_dir"] == f"checkpoints/{task}/run"
+    result = run("inference.py", "--help")
+    assert "images per forward call" in result.stdout and "auto (cuda, then mps, then cpu; the default)" in result.stdout

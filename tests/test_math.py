@@ -1,5 +1,9 @@
 """Numerical checks of the derivations in docs/derivations.md.
 
+Tests marked `derivation` check the mathematics of sections 0 and 1 themselves, with helpers
+written in this file (no project code): `pytest -m derivation` runs them, `-m "not derivation"`
+the ones that check submission.py against the derived formulas.
+
 Every test is seeded and independent. Closed forms are compared with
 `torch.distributions` and, separately, with Monte Carlo estimates; Monte Carlo
 tolerances are a multiple of the estimated standard error std / sqrt(N), so a
@@ -76,6 +80,7 @@ def mc_mean_and_se(samples):
 
 
 # ----------------------------------------------------------------------------- 0.1: KL >= 0
+@pytest.mark.derivation
 def test_log_lemma_and_equality_only_at_one():
     x = np.concatenate([np.linspace(1e-6, 10.0, 100_001), [1.0]])
     gap = x - 1 - np.log(x)
@@ -85,6 +90,7 @@ def test_log_lemma_and_equality_only_at_one():
     assert np.all(gap[np.abs(x - 1) > 1e-3] > 0)
 
 
+@pytest.mark.derivation
 def test_kl_discrete_nonnegative_and_zero_only_when_equal():
     rng = np.random.default_rng(0)
     for _ in range(2000):
@@ -100,6 +106,7 @@ def test_kl_discrete_nonnegative_and_zero_only_when_equal():
         assert kl_discrete(q, p) > 0.0
 
 
+@pytest.mark.derivation
 def test_kl_discrete_support_cases():
     rng = np.random.default_rng(1)
     for _ in range(200):
@@ -127,6 +134,7 @@ ONE_D_CASES = [(0.0, 1.0, 0.0, 1.0), (1.0, 1.0, 0.0, 1.0), (0.3, 0.5, -1.2, 2.0)
                (-2.0, 3.0, 0.5, 0.7), (0.0, 0.2, 0.0, 1.0)]
 
 
+@pytest.mark.derivation
 @pytest.mark.parametrize("m1,s1,m2,s2", ONE_D_CASES)
 def test_gaussian_kl_1d_matches_torch(m1, s1, m2, s2):
     p = Normal(torch.tensor(m1, dtype=torch.float64), torch.tensor(s1, dtype=torch.float64))
@@ -138,6 +146,7 @@ def test_gaussian_kl_1d_matches_torch(m1, s1, m2, s2):
             0.5 * (-1 + s1**2 + m1**2 - math.log(s1**2)), rel=1e-12, abs=1e-14)
 
 
+@pytest.mark.derivation
 def test_gaussian_kl_1d_matches_monte_carlo():
     # N = 400k draws: the standard error of the mean log-ratio is ~1e-3 or less here,
     # and we accept MC_SIGMAS standard errors.
@@ -156,6 +165,7 @@ def test_gaussian_kl_1d_matches_monte_carlo():
             assert abs(mean - wrong) > MC_SIGMAS * se
 
 
+@pytest.mark.derivation
 def test_diagonal_gaussian_kl_matches_torch_and_monte_carlo():
     gen = torch.Generator().manual_seed(3)
     d = 8
@@ -178,6 +188,7 @@ def test_diagonal_gaussian_kl_matches_torch_and_monte_carlo():
 
 
 # ----------------------------------------------------------------------------- 0.1: multivariate
+@pytest.mark.derivation
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
 def test_multivariate_kl_corrected_matches_torch(n):
     gen = torch.Generator().manual_seed(10 + n)
@@ -189,6 +200,7 @@ def test_multivariate_kl_corrected_matches_torch(n):
         assert kl_mvn_corrected(m1, S1, m2, S2).item() == pytest.approx(reference, rel=1e-9)
 
 
+@pytest.mark.derivation
 def test_multivariate_kl_matches_monte_carlo():
     gen = torch.Generator().manual_seed(4)
     n = 3
@@ -203,6 +215,7 @@ def test_multivariate_kl_matches_monte_carlo():
     assert abs(mean - handout) > 20 * se
 
 
+@pytest.mark.derivation
 def test_handout_multivariate_kl_is_off_by_half_the_quadratic_term():
     gen = torch.Generator().manual_seed(5)
     for n in (1, 2, 4):
@@ -224,6 +237,7 @@ def test_handout_multivariate_kl_is_off_by_half_the_quadratic_term():
 
 
 # ----------------------------------------------------------------------------- 0.2: ELBO and EM
+@pytest.mark.derivation
 def test_elbo_identity_on_discrete_latent_model():
     rng = np.random.default_rng(6)
     n_z, n_x = 5, 7
@@ -249,6 +263,7 @@ def gmm_log_likelihood(x, w, m, s):
     return float(np.sum(top[:, 0] + np.log(np.exp(comp - top).sum(axis=1)))), comp
 
 
+@pytest.mark.derivation
 def test_em_on_gaussian_mixture_never_lowers_likelihood():
     rng = np.random.default_rng(7)
     x = np.concatenate([rng.normal(-2.0, 0.7, 300), rng.normal(1.5, 1.2, 200)])
@@ -276,6 +291,7 @@ def test_em_on_gaussian_mixture_never_lowers_likelihood():
 
 
 # ----------------------------------------------------------------------------- 1.3: KL and MLE
+@pytest.mark.derivation
 def test_min_kl_to_data_is_max_expected_log_likelihood():
     rng = np.random.default_rng(8)
     p_data = rng.dirichlet(np.ones(6))
@@ -370,6 +386,7 @@ def test_reparameterize_sample_and_gradients():
     assert torch.all((zs.std(0) - sigma).abs() < MC_SIGMAS * se_std)
 
 
+@pytest.mark.derivation
 def test_reparameterised_gradient_example_is_unbiased():
     # f(z) = z^2, z = mu + sigma eps: E[f] = mu^2 + sigma^2, exact gradients 2 mu and 2 sigma.
     gen = torch.Generator().manual_seed(15)

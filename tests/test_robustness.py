@@ -272,6 +272,9 @@ def test_pruning_never_deletes_the_newest_checkpoint(reference, train_args, tmp_
     (run_dir / "interrupted.pth").write_bytes(b"stale")
     args = [*train_args, "--save_dir", run_dir, "--keep_last", 1]
     args[args.index("--epochs") + 1] = 1
+    refused = cli("train.py", *args)  # the folder holds an unfinished run: not replaced without --overwrite
+    assert refused.returncode == 2 and "holds an unfinished run (interrupted.pth)" in refused.stderr
+    args.append("--overwrite")
     args[args.index("--batch_size") + 1] = 160
     assert cli("train.py", *args).returncode == 0
     assert sorted(p.name for p in run_dir.glob("*.pth")) == ["epoch_1.pth"]

@@ -1,0 +1,421 @@
+"""The sealed autograder (tools/autograde.py): honest corpus, one cheat per threat category, --jobs,
+--require_isolation, and the integrity measures on their own.
+
+One autograde run (module-scoped) grades HONEST + CHEATS + two broken submissions with a tiny
+budget; a second, serial run without isolation re-grades one honest student (same row as with
+--jobs 2) and the copy_samples cheat (which then finds a data file). Measured on 2 busy cores
+(someone else's training beside it): about 7 minutes; the phases' process starts (torch imports)
+dominate."""
+import csv
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, first_images
+from data_utils import LabError, atomic_torch_save, load_split
+from tools import autograde, course, sandbox
+
+SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
+HONEST = ["class_attr_latent", "conv_own_defaults", "decode_0dim_only", "decode_batch_only", "decode_int",
+          "embedding_label", "mlp_flatten", "samples_in_eval"]
+CHEATS = ["identity_forward", "memorised_samples", "copy_samples", "writes_outside", "tamper_outputs",
+          "copied_a", "copied_b"]
+BUDGET = ["--train_limit", 256, "--epochs", 1, "--batch_size", 64, "--inf_num", 200, "--eval_num", 100,
+          "--pred_step", 0, "--import_time_limit", 180, "--time_limit", 300]
+MARKER = Path("/tmp/vae_lab_cheat_marker")  # where writes_outside.py writes (CHEAT_MARKER is not passed in)
+ISOLATED, WHY = sandbox.isolation()
+
+
+def autograde_cli(*args, timeout=1500):
+    command = [sys.executable, "-m", "tools.course", "autograde", *map(str, args)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def read_run(out: Path):
+    with open(out, newline="") as handle:
+        rows = {row["student"]: row for row in csv.DictReader(handle)}
+    report = json.loads(out.with_suffix(".json").read_text())
+    return rows, {r["student"]: r for r in report["students"]}, report
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def checkpoint_of(model, task, latent_dim):
+    return {"format": 1, "task": task, "model": course_model(task), "model_kwargs": {"latent_dim": latent_dim},
+            "hyperparams": {"latent_dim": latent_dim}, "epoch": 0, "step": 0, "batch_in_epoch": 0,
+            "model_state_dict": model.state_dict()}
+
+
+def course_model(task):
+    from tasks import MODEL_FOR_TASK
+    return MODEL_FOR_TASK["submission"][task]
+
+
+@pytest.fixture(scope="module")
+def tiny_train(tmp_path_factory):
+    """The first 2,000 training images: the training split here and the copy check's bank."""
+    return first_images(tmp_path_factory, "train", 2000)
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, tiny_valid, tiny_train):
+    base = tmp_path_factory.mktemp("autograde")
+    students = base / "submissions"
+    for folder, names in ((SUBMISSIONS, HONEST), (CHEATS_DIR, CHEATS)):
+        for name in names:
+            (students / name).mkdir(parents=True)
+            shutil.copyfile(folder / f"{name}.py", students / name / "submission.py")
+    # The reference answer, handing in the shipped checkpoints: the model answer must grade unflagged too.
+    (students / "reference" / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(ROOT / "submission.py", students / "reference" / "submission.py")
+    for task in ("VAE0label", "Genwithlabel"):
+        shutil.copyfile(ROOT / "checkpoints" / task / "default.pth", students / "reference" / "checkpoints" / f"{task}.pth")
+    (students / "starter").mkdir()
+    (students / "starter" / "submission.py").write_text(course.strip_solution((ROOT / "submission.py").read_text()))
+    (students / "syntax").mkdir()
+    (students / "syntax" / "submission.py").write_text("import torch\n\nclass VAE(torch.nn.Module:\n    pass\n")
+    # Handed-in checkpoints (untrained weights; they skip the training phase): identity_forward's, and
+    # copied_a's, which copied_b hands in too, under its own layer names.
+    renamed = ["h", "to_mean", "to_logvar", "g1", "g2", "g_out"]
+    for name, latent_dim in (("identity_forward", 1), ("copied_a", 12), ("copied_b", 12)):
+        source = "copied_a" if name == "copied_b" else name
+        module = load_module(CHEATS_DIR / f"{source}.py", f"handed_in_{source}")
+        (students / name / "checkpoints").mkdir()
+        for task, cls in (("VAE0label", module.VAE), ("Genwithlabel", module.GenModel)):
+            torch.manual_seed(0)
+            checkpoint = checkpoint_of(cls(latent_dim=latent_dim), task, latent_dim)
+            if name == "copied_b":
+                values = list(checkpoint["model_state_dict"].values())
+                checkpoint["model_state_dict"] = {f"{renamed[i // 2]}.{'weight' if i % 2 == 0 else 'bias'}": value
+                                                  for i, value in enumerate(values)}
+            atomic_torch_save(checkpoint, students / name / "checkpoints" / f"{task}.pth")
+    MARKER.unlink(missing_ok=True)
+    connections = []
+    listener = None
+    try:  # writes_outside.py connects to 127.0.0.1:9 (CHEAT_PORT is not passed in); nothing may arrive
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 9))
+        listener.listen(8)
+        listener.settimeout(0.5)
+
+        def accept():
+            while listener is not None:
+                try:
+                    connections.append(listener.accept()[1].getpeername())
+                except OSError:
+                    if listener.fileno() < 0:
+                        return
+        threading.Thread(target=accept, daemon=True).start()
+    except OSError:
+        listener = None
+    out = base / "grades" / "grades.csv"
+    started = time.perf_counter()
+    result = autograde_cli(students, "--out", out, "--data_path", tiny_valid, "--valid_data", tiny_valid,
+                           "--train_data", tiny_train, *BUDGET, "--jobs", 2, "--work_dir", base / "work")
+    seconds = time.perf_counter() - started
+    if listener is not None:
+        listener.close()
+    rows, records, report = read_run(out)
+    return {"base": base, "out": out, "rows": rows, "records": records, "report": report, "stdout": result.stdout,
+            "seconds": seconds, "connections": connections, "listened": listener is not None}
+
+
+@pytest.fixture(scope="module")
+def serial(graded, tiny_valid, tiny_train):
+    """Serial (--threads 1, as --jobs 2 uses) and WITHOUT isolation: one honest student again, and
+    copy_samples (handing in the checkpoints trained in the first run), which now finds a data file
+    in a folder above its lab copy."""
+    base = graded["base"] / "serial"
+    students = base / "submissions"
+    for folder, name in ((SUBMISSIONS, HONEST[0]), (CHEATS_DIR, "copy_samples")):
+        (students / name).mkdir(parents=True)
+        shutil.copyfile(folder / f"{name}.py", students / name / "submission.py")
+    (students / "copy_samples" / "checkpoints").mkdir()
+    for task in ("VAE0label", "Genwithlabel"):
+        shutil.copyfile(graded["base"] / "work" / "copy_samples" / "inputs" / f"{task}.pth",
+                        students / "copy_samples" / "checkpoints" / f"{task}.pth")
+    shutil.copyfile(tiny_valid, base / "valid_copy.npz")  # a stray split on the grading machine
+    out = base / "grades" / "grades.csv"
+    result = autograde_cli(students, "--out", out, "--data_path", tiny_valid, "--valid_data", tiny_valid,
+                           "--train_data", tiny_train, *BUDGET, "--threads", 1, "--no_isolation",
+                           "--work_dir", base / "work")
+    rows, records, report = read_run(out)
+    return {"rows": rows, "records": records, "report": report, "stdout": result.stdout, "out": out}
+
+
+def recompute(base: Path, name: str, task: str, latent_dim: int, tiny_valid: Path) -> dict:
+    """grade.grade_arrays again, on the arrays the grader kept in its work folder."""
+    from grade import grade_arrays
+    images, labels = load_split(tiny_valid)
+    images, labels = images[:200], labels[:200]
+    recon = np.load(base / "work" / name / f"reconstruct_{task}" / "recon.npy")
+    samples = np.load(base / "work" / name / f"generate_{task}" / "samples.npy") if task == "Genwithlabel" else None
+    return grade_arrays(task, images, labels, recon, samples, latent_dim)
+
+
+# ---------------------------------------------------------------- the honest corpus
+def test_honest_corpus_is_graded_without_flags(graded, tiny_valid):
+    rows, records = graded["rows"], graded["records"]
+    flagged = [name for name in HONEST if rows[name]["integrity"]]
+    print(f"false-flag rate: {len(flagged)}/{len(HONEST)} honest submissions flagged {flagged}; batch of "
+          f"{len(rows)} students graded in {graded['seconds']:.0f} s")
+    assert not flagged
+    for name in HONEST:
+        row, record = rows[name], records[name]
+        assert row["errors"] == "", (name, row["errors"])
+        for task in ("VAE0label", "Genwithlabel"):
+            entry = record["tasks"][task]
+            assert row[f"{task}_source"] == "trained here" and entry["graded_from"] == "forward"
+            again = recompute(graded["base"], name, task, entry["latent_dim"], tiny_valid)
+            assert float(row[f"{task}_grade"]) == again["score"], (name, task)
+            assert float(row[f"{task}_ssim"]) == again["ssim"] and float(row[f"{task}_mse"]) == again["mse"]
+            if task == "Genwithlabel":
+                assert float(row["Genwithlabel_fid"]) == again["fid"]
+                assert entry["copy_check"]["fraction"] <= autograde.COPY_FRACTION
+        assert float(row["total"]) == pytest.approx(float(row["VAE0label_grade"]) + float(row["Genwithlabel_grade"]))
+    # latent_dim is the grader's: the constructor default read from the source, else 8
+    assert records["conv_own_defaults"]["tasks"]["VAE0label"]["latent_dim"] == 16
+    assert records["class_attr_latent"]["tasks"]["VAE0label"]["latent_dim"] == 8     # latent_dim=None -> fallback
+    assert records["embedding_label"]["tasks"]["Genwithlabel"]["latent_dim"] == 32
+
+
+def test_the_reference_answer_is_graded_unflagged_from_its_shipped_checkpoints(graded, tiny_valid):
+    """Its eval-mode codes are whitened per class, and decode colours them back: the decode of its own
+    codes must reproduce its reconstruction."""
+    row, record = graded["rows"]["reference"], graded["records"]["reference"]
+    assert row["errors"] == "" and row["integrity"] == ""
+    for task in ("VAE0label", "Genwithlabel"):
+        entry = record["tasks"][task]
+        assert row[f"{task}_source"] == "handed in" and entry["latent_dim"] == 8
+        assert entry["bypass_check"]["ratio"] == pytest.approx(1.0, abs=0.01)
+        assert float(row[f"{task}_grade"]) == recompute(graded["base"], "reference", task, 8, tiny_valid)["score"]
+    assert float(row["VAE0label_grade"]) == 10.0
+
+
+def test_table_report_and_progress_lines(graded):
+    out, rows, stdout, report = graded["out"], graded["rows"], graded["stdout"], graded["report"]
+    with open(out, newline="") as handle:
+        assert next(csv.reader(handle)) == autograde.TABLE_COLUMNS
+    assert list(rows) == sorted(rows) and len(rows) == len(HONEST) + len(CHEATS) + 3
+    markdown = out.with_suffix(".md").read_text()
+    assert markdown.startswith("Isolation: ") and "## Integrity flags" in markdown
+    assert "## Similarity between students" in markdown
+    n = len(rows)
+    assert re.search(rf"^\[\d+/{n}\] mlp_flatten: train VAE0label ok \(\d+\.\d s\)$", stdout, re.M)
+    assert re.search(rf"^\[\d+/{n}\] mlp_flatten: generate Genwithlabel ok \(\d+\.\d s\)$", stdout, re.M)
+    assert "it/s" not in stdout and "%|" not in stdout  # no progress bars
+    logs = out.parent / "grades_logs" / "mlp_flatten"
+    assert {p.name for p in logs.iterdir()} >= {"contract.log", "train_VAE0label.log", "reconstruct_VAE0label.log",
+                                               "decode_VAE0label.log", "generate_Genwithlabel.log"}
+    assert report["isolated"] == ISOLATED and report["seconds"] > 0
+    assert all(r["seconds"] > 0 for name, r in graded["records"].items() if name != "syntax")
+
+
+def test_broken_submissions_get_clear_errors(graded):
+    rows = graded["rows"]
+    assert rows["syntax"]["errors"].startswith("import: SyntaxError: ")
+    assert "VAE0label contract: VAE has no trainable parameters" in rows["starter"]["errors"]
+    assert "write section 3 (GenModel.__init__)" in rows["starter"]["errors"]
+    for name in ("syntax", "starter"):
+        assert rows[name]["VAE0label_grade"] == "" and float(rows[name]["total"]) == 0.0
+
+
+# ---------------------------------------------------------------- one cheat per threat
+def test_identity_forward_is_graded_from_the_verified_decode(graded):
+    row, record = graded["rows"]["identity_forward"], graded["records"]["identity_forward"]
+    assert row["integrity"] == "VAE0label:recon-bypasses-code;Genwithlabel:recon-bypasses-code"
+    for task in ("VAE0label", "Genwithlabel"):
+        entry = record["tasks"][task]
+        assert entry["forward"]["mse"] == 0.0 and entry["graded_from"] == "verified decode"
+        assert entry["score"] == entry["verified"]["score"] < 2 < entry["forward"]["score"]
+        assert entry["latent_dim"] == 1 and len(entry["bypass_check"]["most_different"]) == 5
+        assert entry["source"] == "handed in"
+    evidence = [f["evidence"] for f in record["flags"]]
+    assert all("most different images: #" in e for e in evidence)
+
+
+def test_memorised_samples_are_caught_as_copies(graded):
+    row, entry = graded["rows"]["memorised_samples"], graded["records"]["memorised_samples"]["tasks"]["Genwithlabel"]
+    assert "Genwithlabel:copied-samples" in row["integrity"].split(";")
+    copies = entry["copy_check"]
+    assert copies["flagged"] and copies["fraction"] > 0.5 and copies["examples"][0]["split"] == "train"
+    assert copies["examples"][0]["distance"] < autograde.COPY_DISTANCE
+    from grade import grade
+    assert entry["fid_term_zeroed"] and entry["score"] == grade("Genwithlabel", entry["ssim"], entry["mse"],
+                                                                entry["latent_dim"], 10.0)
+
+
+@pytest.mark.skipif(not ISOLATED, reason=f"bubblewrap unusable: {WHY}")
+def test_copy_samples_finds_no_split_in_the_sandbox(graded):
+    record = graded["records"]["copy_samples"]
+    entry = record["tasks"].get("Genwithlabel", {})
+    assert "copied-samples" not in graded["rows"]["copy_samples"]["integrity"]
+    assert entry.get("copy_check", {"fraction": 0})["fraction"] <= autograde.COPY_FRACTION or \
+        "Genwithlabel generate" in graded["rows"]["copy_samples"]["errors"]
+
+
+def test_copy_samples_without_isolation_is_flagged(serial):
+    row, entry = serial["rows"]["copy_samples"], serial["records"]["copy_samples"]["tasks"]["Genwithlabel"]
+    assert "Genwithlabel:copied-samples" in row["integrity"]
+    assert entry["copy_check"]["examples"][0]["split"] == "grading"
+    assert entry["copy_check"]["examples"][0]["distance"] == 0.0
+    markdown = serial["out"].with_suffix(".md").read_text()
+    assert "WARNING: isolation was not enforced" in markdown
+    assert "isolation: NOT ENFORCED" in serial["stdout"]
+
+
+@pytest.mark.skipif(not ISOLATED, reason=f"bubblewrap unusable: {WHY}")
+def test_writes_outside_leaves_no_trace_and_reaches_no_network(graded):
+    assert not MARKER.exists()
+    assert not (graded["base"] / "work" / "writes_outside" / "vae_lab_cheat_parent_marker").exists()
+    if graded["listened"]:
+        assert graded["connections"] == []
+    row = graded["rows"]["writes_outside"]
+    assert row["errors"] == "" and row["integrity"] == "" and float(row["total"]) > 0
+
+
+def test_tampering_does_not_reach_the_grade(graded, tiny_valid):
+    row, record = graded["rows"]["tamper_outputs"], graded["records"]["tamper_outputs"]
+    assert row["errors"] == ""
+    for task in ("VAE0label", "Genwithlabel"):
+        entry = record["tasks"][task]
+        assert entry["latent_dim"] == 8 and entry["bonus"] == pytest.approx(0.2 + 1 - 8 / 784)
+        assert float(row[f"{task}_grade"]) == recompute(graded["base"], "tamper_outputs", task, 8, tiny_valid)["score"]
+    if ISOLATED:  # the lab copy is read-only inside the sandbox
+        lab = graded["base"] / "work" / "tamper_outputs" / "lab"
+        for name in ("grade.py", "data_utils.py"):
+            assert (lab / name).read_bytes() == (ROOT / name).read_bytes()
+
+
+def test_copied_pair_is_listed_in_the_similarity_section(graded):
+    report, rows = graded["report"], graded["rows"]
+    pairs = {(p["kind"], tuple(p["students"])) for p in report["similarity"]}
+    assert ("similar-source", ("copied_a", "copied_b")) in pairs
+    assert ("similar-weights", ("copied_a", "copied_b")) in pairs
+    assert all(set(students) == {"copied_a", "copied_b"} for _, students in pairs), pairs
+    assert "similar-source" in rows["copied_a"]["integrity"] and "similar-source" in rows["copied_b"]["integrity"]
+    assert rows["copied_a"]["Genwithlabel_source"] == rows["copied_b"]["VAE0label_source"] == "handed in"
+    markdown = graded["out"].with_suffix(".md").read_text()
+    assert re.search(r"copied_a and copied_b: `similar-source` \d\.\d{3}", markdown)
+
+
+# ---------------------------------------------------------------- parallel and isolation
+def test_jobs_2_gives_the_rows_of_a_serial_run(graded, serial):
+    name = HONEST[0]
+    assert serial["rows"][name] == graded["rows"][name]
+
+
+def test_require_isolation_refuses_in_one_line(monkeypatch, tmp_path, tiny_valid):
+    (tmp_path / "subs" / "alice").mkdir(parents=True)
+    (tmp_path / "subs" / "alice" / "submission.py").write_text("x = 1\n")
+    monkeypatch.setattr(sandbox, "isolation", lambda: (False, "bubblewrap (bwrap) is not installed (simulated)"))
+    with pytest.raises(LabError) as raised:
+        autograde.main([str(tmp_path / "subs"), "--out", str(tmp_path / "g.csv"), "--data_path", str(tiny_valid),
+                        "--require_isolation"])
+    assert "\n" not in str(raised.value) and "--require_isolation" in str(raised.value)
+    assert "not installed (simulated)" in str(raised.value) and not (tmp_path / "g.csv").exists()
+
+
+# ---------------------------------------------------------------- the measures on their own
+def test_source_latent_dim_reads_the_constructor_default_without_running_code():
+    read = autograde.source_latent_dim
+    assert read("class VAE:\n    def __init__(self, latent_dim=12, h=3): pass\n", "VAE") == 12
+    assert read("class VAE:\n    def __init__(self, *, latent_dim: int = 5): pass\n", "VAE") == 5
+    assert read("class VAE:\n    def __init__(self, latent_dim=None): pass\n", "VAE") is None
+    assert read("class A:\n    def __init__(self, latent_dim=3): pass\nclass G(A):\n    pass\n", "G") == 3
+    assert read("class CVAE:\n    def __init__(self, latent_dim=6): pass\nGenModel = CVAE\n", "GenModel") == 6
+    assert read("import os\nos.system('touch /tmp/x')\n", "VAE") is None
+    assert read("class VAE:\n    def __init__(self, latent_dim=2 ** 10): pass\n", "VAE") is None
+
+
+def test_similarity_separates_the_copied_pair_from_the_honest_corpus():
+    tokens = {p.stem: autograde.normalised_tokens(p.read_text())
+              for p in [*SUBMISSIONS.glob("*.py"), CHEATS_DIR / "copied_a.py", CHEATS_DIR / "copied_b.py"]}
+    copied = autograde.source_similarity(tokens["copied_a"], tokens["copied_b"])
+    honest = max(autograde.source_similarity(tokens[a], tokens[b]) for a in tokens for b in tokens
+                 if a < b and {a, b} != {"copied_a", "copied_b"})
+    print(f"copied pair {copied:.3f}, most similar other pair {honest:.3f}")
+    assert copied >= autograde.SOURCE_SIMILARITY > honest
+
+
+def test_copy_check_on_exact_noisy_and_shifted_copies():
+    images, _ = load_split("valid")
+    bank = autograde.ImageBank("valid", images[:3000])
+    rng = np.random.default_rng(0)
+    real = images[:100]
+    noisy = np.clip(real + rng.normal(0, 0.05 * 255, real.shape), 0, 255).round().astype(np.uint8)
+    for copies in (real, noisy, autograde.shifted(real, 1, 0), autograde.shifted(real, -1, 1)):
+        check = autograde.copy_check(copies.reshape(10, 10, 28, 28), [bank])
+        assert check["flagged"] and check["fraction"] == 1.0
+    blurred = np.full((10, 10, 28, 28), 30, np.uint8)  # a grey blob is nobody's digit
+    assert not autograde.copy_check(blurred, [bank])["flagged"]
+
+
+def test_bypass_check_rule():
+    a = np.zeros((4, 28, 28), np.uint8)
+    assert not autograde.bypass_check(0.05, 0.05, a, a)["flagged"]             # identical: honest
+    assert not autograde.bypass_check(0.06, 0.05, a, a)["flagged"]             # sampling in eval: worse
+    assert autograde.bypass_check(0.0, 0.05, a, a)["flagged"]
+    assert autograde.bypass_check(0.025, 0.05, a, a)["flagged"]
+
+
+# ---------------------------------------------------------------- checkpoints handed in
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.touch, ())
+
+
+def test_handed_in_checkpoints_load_without_running_code(tmp_path):
+    from trainer import Trainer, TrainConfig
+    trainer = Trainer(TrainConfig(task="Genwithlabel", model=course_model("Genwithlabel"), latent_dim=4,
+                                  device="cpu"), None, None)
+    good = tmp_path / "gen.pth"
+    atomic_torch_save(trainer.checkpoint(with_training_state=False), good)
+    assert autograde.check_student_checkpoint(good, "Genwithlabel") == 4
+    with pytest.raises(LabError, match=r"checkpoints/VAE0label.pth is a Genwithlabel checkpoint"):
+        autograde.check_student_checkpoint(good, "VAE0label")
+    marker = tmp_path / "pwned"
+    torch.save({"format": 1, "task": "VAE0label", "x": Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(LabError, match=r"refused to load checkpoints/VAE0label.pth"):
+        autograde.check_student_checkpoint(tmp_path / "evil.pth", "VAE0label")
+    assert not marker.exists()
+    demo = torch.load(good, weights_only=True)
+    demo.update(task="VAE0label", model="model.VAE")
+    torch.save(demo, tmp_path / "demo.pth")
+    with pytest.raises(LabError, match="holds a model.VAE model, not submission.VAE"):
+        autograde.check_student_checkpoint(tmp_path / "demo.pth", "VAE0label")
+
+
+def test_symbolic_links_are_refused_before_anything_is_read(tmp_path):
+    from types import SimpleNamespace
+    student = tmp_path / "mallory"
+    (student / "checkpoints").mkdir(parents=True)
+    (student / "submission.py").write_text("x = 1\n")
+    (student / "checkpoints" / "VAE0label.pth").symlink_to(ROOT / "dataset" / "test.npz")
+    messages = []
+    record = autograde.grade_student(student, SimpleNamespace(args=None), tmp_path / "work", tmp_path / "logs",
+                                     messages.append)
+    assert record["errors"] == ["checkpoints/VAE0label.pth is a symbolic link: hand in the files themselves"]
+    assert not (tmp_path / "work").exists()
