@@ -74,8 +74,11 @@ def test_from_stubs_to_a_graded_submission_in_the_readmes_order(kit, tiny_valid)
     assert check.returncode == 0 and "Genwithlabel: ok" in check.stdout, check.stdout
     for task in ("VAE0label", "Genwithlabel"):
         result = in_kit(kit, "train.py", "--task", task, "--limit", 256, "--epochs", 1, "--batch_size", 64,
-                        "--valid_data", tiny_valid, "--eval_num", 64, "--pred_step", 0)
+                        "--valid_data", tiny_valid, "--eval_num", 64, "--pred_step", 0, "--threads", 1)
         assert result.returncode == 0, result.stderr[-2000:]
+        # the run says at start which precision it trains in, and uses the threads asked for
+        assert re.search(r"^precision: (fp32|bf16 autocast) on cpu", result.stdout, flags=re.M)
+        assert "; 1 CPU threads" in result.stdout
         result = in_kit(kit, "inference.py", "--checkpoint_path", f"checkpoints/{task}/run.pth",
                         "--data_path", tiny_valid, "--inf_num", 50)
         assert result.returncode == 0, result.stderr[-2000:]
