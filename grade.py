@@ -24,12 +24,11 @@ from skimage.metrics import structural_similarity
 from tqdm import tqdm
 
 import outputs
-from data_utils import (ROOT, IMAGE_SHAPE, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
+from data_utils import (ROOT, IMAGE_PIXELS, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
                         resolve_split, run_cli)
 from tasks import TASK_ALIASES, TASK_RECORDS, TASKS, default_output_dir
 
 GRADE_CAPS = {name: task.cap for name, task in TASK_RECORDS.items()}
-IMAGE_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 
 
 def compression_bonus(latent_dim: int) -> float:

@@ -5,7 +5,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_utils import ROOT, LabError
+from data_utils import IMAGE_PIXELS, ROOT, LabError
 
 @dataclass(frozen=True)
 class Task:
@@ -33,9 +33,8 @@ TASK_RECORDS = {
 }
 TASKS = tuple(TASK_RECORDS)
 TASK_ALIASES = {alias: task.name for task in TASK_RECORDS.values() for alias in task.aliases}
-SAMPLES_PER_LABEL = {name: task.samples_per_label for name, task in TASK_RECORDS.items()}
 # The code may hold 1 to 784 numbers: a code longer than the image compresses nothing.
-LATENT_RANGE = (1, 784)
+LATENT_RANGE = (1, IMAGE_PIXELS)
 # The only classes a checkpoint can ask to be rebuilt with: a checkpoint names one of these
 # keys, never an arbitrary import path.
 MODEL_CLASSES = {

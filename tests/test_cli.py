@@ -11,7 +11,7 @@ from skimage.metrics import structural_similarity
 
 from conftest import TINY_TRAIN, run
 from data_utils import cal_fid, load_split
-from tasks import SAMPLES_PER_LABEL, canonical_task
+from tasks import TASK_RECORDS, canonical_task
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_inference_writes_the_spec_layout(outputs):
         folder = base / task
         assert len(list((folder / "recon").glob("recon_*.png"))) == 200
         for label in range(10):
-            assert len(list((folder / "gen" / str(label)).glob("*.png"))) == SAMPLES_PER_LABEL[task]
+            assert len(list((folder / "gen" / str(label)).glob("*.png"))) == TASK_RECORDS[task].samples_per_label
         with Image.open(folder / "recon" / "recon_0.png") as image:
             assert image.mode == "L" and image.size == (28, 28)
         for picture in ("samples.png", "recon.png"):

@@ -45,16 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from contract import CLASS_FOR_TASK, FALLBACK_LATENT_DIM, one_line  # noqa: E402
+from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line  # noqa: E402
 from data_utils import LabError, atomic_write_bytes, load_split, resolve_split, run_cli  # noqa: E402
-from tasks import MODEL_FOR_TASK, SAMPLES_PER_LABEL, TASKS  # noqa: E402
+from tasks import LATENT_RANGE, MODEL_FOR_TASK, TASK_RECORDS, TASKS  # noqa: E402
 from tools import sandbox  # noqa: E402
 
 SOLUTION_FILE = "submission.py"
 PHASE_SCRIPT = "autograde_phases.py"
-IMPORTED_LINE = "submission.py imported"  # what contract.main prints once the import worked
 MAX_SUBMISSION_BYTES = 1 << 20
-REQUIRED_CHECKPOINT_KEYS = ("task", "model", "model_kwargs", "hyperparams", "model_state_dict")
 
 TABLE_COLUMNS = ["student",
                  "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source",
@@ -86,7 +84,7 @@ def _print(message: str):
 
 # ====================================================================== what the grader reads itself
 def check_student_checkpoint(path: Path, task: str) -> int:
-    """Load a checkpoint with weights_only=True (trainer.load_checkpoint: no pickled code runs) and
+    """Load a checkpoint with weights_only=True (checkpoint.load_checkpoint: no pickled code runs, every required key present) and
     check it is a `task` checkpoint of submission.py's model; return its latent_dim or raise
     LabError naming the file as checkpoints/<task>.pth."""
     from checkpoint import load_checkpoint
@@ -95,9 +93,6 @@ def check_student_checkpoint(path: Path, task: str) -> int:
         checkpoint = load_checkpoint(path)
     except LabError as error:
         raise LabError(str(error).replace(str(path), label)) from None
-    missing = [key for key in REQUIRED_CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        raise LabError(f"{label} lacks {', '.join(missing)}: hand in the .pth that train.py exports")
     if checkpoint["task"] != task:
         raise LabError(f"{label} is a {checkpoint['task']} checkpoint, handed in as {task}")
     expected = MODEL_FOR_TASK["submission"][task]
@@ -106,7 +101,7 @@ def check_student_checkpoint(path: Path, task: str) -> int:
     kwargs = checkpoint["model_kwargs"]
     latent_dim = kwargs.get("latent_dim") if isinstance(kwargs, dict) else None
     if not isinstance(kwargs, dict) or set(kwargs) != {"latent_dim"} or not isinstance(latent_dim, int) \
-            or isinstance(latent_dim, bool) or not 1 <= latent_dim <= 784:
+            or isinstance(latent_dim, bool) or not LATENT_RANGE[0] <= latent_dim <= LATENT_RANGE[1]:
         raise LabError(f"{label} has model_kwargs {kwargs!r}, expected {{'latent_dim': N}} with 1 <= N <= 784")
     return latent_dim
 
@@ -529,7 +524,7 @@ def grade_student(folder: Path, batch: Batch, base: Path, logs: Path, say) -> di
             shutil.copyfile(path, given[task])
             latent_dims[task] = latent_dim
         else:
-            latent_dims[task] = (args.latent_dim or source_latent_dim(text, CLASS_FOR_TASK[task])
+            latent_dims[task] = (args.latent_dim or source_latent_dim(text, TASK_RECORDS[task].model_class)
                                  or FALLBACK_LATENT_DIM)
 
     # 1. contract
@@ -621,7 +616,7 @@ def grade_task(task, entry, latent_dim, checkpoint, batch, base, inputs, phase, 
 
     samples = None
     if task == "Genwithlabel":
-        per_label = SAMPLES_PER_LABEL[task]
+        per_label = TASK_RECORDS[task].samples_per_label
         result, work = phase(f"generate_{task}", [PHASE_SCRIPT, "generate", "--checkpoint", checkpoint,
                                                   "--per_label", per_label, "--seed", args.seed,
                                                   "--out", base / f"generate_{task}"],
@@ -746,7 +741,7 @@ def autograde(args) -> list:
             raise LabError(f"--{flag} must be a positive number of seconds")
     if args.inf_num < 0 or args.train_limit < 0 or args.jobs < 1 or args.threads < 0:
         raise LabError("--inf_num, --train_limit and --threads must be >= 0, --jobs >= 1")
-    if args.latent_dim is not None and not 1 <= args.latent_dim <= 784:
+    if args.latent_dim is not None and not LATENT_RANGE[0] <= args.latent_dim <= LATENT_RANGE[1]:
         raise LabError(f"--latent_dim {args.latent_dim}: use a value in [1, 784]")
     if submissions.resolve() in out.parents:
         raise LabError(f"--out {args.out} lies inside {submissions}: the tables would be taken for a student; "
