@@ -1,177 +1,34 @@
-"""Evaluation a person can trust, on top of (never instead of) the lab's grade.
+"""Evaluation a person can trust, on top of (never instead of) the lab's grade:
+`python grade.py --extended` prints these measures after the grade.
 
 The lab's grade judges reconstructions (SSIM, MSE) and compares per-pixel means and variances
 of generated and real digits (the simplified FID); none of it can tell whether a generated '5'
 looks like a 5. This module adds the measures the field uses, read with their floors:
 
-    label accuracy        the share of gen/{label}/*.png that a digit classifier reads as `label`
+    label accuracy        the share of gen/{label}/*.png that a digit classifier (classifier.py)
+                          reads as `label`
     classifier FID        Frechet distance of real and generated images in the classifier's
                           penultimate features (full covariance), overall and per label, each
                           beside its real-vs-real floor
     diversity             mean pairwise feature distance within a label, generated / real
     likelihood            negative ELBO and an importance-weighted bound on -log p(x), in nats
                           per image, for the model's own Gaussian decoder
-    pictures              interpolation.png, latent_map.png and loss_curve.png beside
-                          inference.py's samples.png and recon.png
 
-Commands:
-    python evaluation.py train-classifier            # trains checkpoints/classifier.pth (a few CPU minutes)
-    python grade.py --extended                       # the lab's grade, then everything above
-    python evaluation.py fake-samples --outputs outputs/Genwithlabel --save_dir /tmp/fake
-                                                     # a generator the lab's grade likes (docs/evaluation.md)
-docs/evaluation.md explains every number.
+It only reads an inference.py output folder (and the model its hyperparams.json names); the
+pictures beside it are inference.py's (pictures.py). docs/evaluation.md explains every number.
 """
-import argparse
-import copy
-import io
-import json
 import math
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from data_utils import (NUM_CLASSES, ROOT, LabError, MNISTDataset, atomic_torch_save, atomic_write_bytes,
-                        load_split, run_cli, set_random_seed, to_uint8)
+from classifier import CLASSIFIER_PATH, as_float_images, classify, load_classifier
+from data_utils import NUM_CLASSES, ROOT, LabError, load_split
 from tasks import TASK_RECORDS
 
-CLASSIFIER_PATH = ROOT / "checkpoints" / "classifier.pth"
-CLASSIFIER_FORMAT = "lab-digit-classifier-1"
 LOG_2PI = math.log(2 * math.pi)
-
-
-# ==================================================================== the digit classifier
-class DigitClassifier(nn.Module):
-    """A small CNN: three 3x3 conv blocks (16, 32, 64 channels, batch norm, each halving the
-    image), a 64-unit hidden layer (the features the FID and the diversity measure use), 10 logits."""
-
-    FEATURES = 64
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),    # 28 -> 14
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),   # 14 -> 7
-            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),   # 7 -> 3
-            nn.Flatten(), nn.Linear(64 * 3 * 3, self.FEATURES), nn.ReLU(),
-        )
-        self.dropout = nn.Dropout(0.25)
-        self.head = nn.Linear(self.FEATURES, NUM_CLASSES)
-
-    def features(self, x):
-        """The penultimate activations [B, 64] of images in [0, 1]."""
-        return self.body(x.reshape(-1, 1, 28, 28))
-
-    def forward(self, x):
-        return self.head(self.dropout(self.features(x)))
-
-
-def as_float_images(images) -> torch.Tensor:
-    """uint8 [N,28,28] (0-255) or floats in [0, 1] -> float32 tensor [N,1,28,28] in [0, 1]."""
-    if isinstance(images, np.ndarray):
-        images = torch.from_numpy(images)
-    if images.dtype == torch.uint8:
-        images = images.float().div(255)
-    return images.float().reshape(-1, 1, 28, 28)
-
-
-@torch.no_grad()
-def classify(classifier, images, batch_size=500):
-    """(features float64 [N, 64], predicted labels int64 [N]) of images (uint8 or [0, 1] floats)."""
-    classifier.eval()
-    images = as_float_images(images)
-    features, predictions = [], []
-    for start in range(0, len(images), batch_size):
-        h = classifier.features(images[start:start + batch_size])
-        features.append(h.double())
-        predictions.append(classifier.head(h).argmax(dim=1))
-    if not features:
-        return np.zeros((0, DigitClassifier.FEATURES)), np.zeros(0, dtype=np.int64)
-    return torch.cat(features).numpy(), torch.cat(predictions).numpy()
-
-
-def load_classifier(path=None):
-    """The committed classifier (a dict of tensors and numbers; loads with weights_only=True)."""
-    path = Path(path or CLASSIFIER_PATH)
-    fix = "train it with `python evaluation.py train-classifier` (a few CPU minutes)"
-    if not path.is_file():
-        raise LabError(f"classifier {path} not found: {fix}")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # refused pickles and damaged files alike
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
-        detail = next((line for line in lines if "GLOBAL" in line), lines[0])
-        raise LabError(f"cannot load classifier {path} ({detail[:120]}): {fix}") from None
-    if not isinstance(saved, dict) or saved.get("format") != CLASSIFIER_FORMAT:
-        raise LabError(f"{path} is not a classifier of this lab (no format {CLASSIFIER_FORMAT!r}): {fix}")
-    classifier = DigitClassifier()
-    try:
-        classifier.load_state_dict(saved["state_dict"])
-    except (KeyError, RuntimeError) as error:
-        raise LabError(f"{path} does not fit DigitClassifier ({str(error).splitlines()[0][:120]}): {fix}") from None
-    return classifier.eval(), saved
-
-
-def shifted(images: torch.Tensor, generator, max_shift=2) -> torch.Tensor:
-    """Each image moved by its own random whole-pixel shift in [-max_shift, max_shift]^2."""
-    n = len(images)
-    padded = F.pad(images.reshape(n, 28, 28), (max_shift,) * 4)
-    dy, dx = (torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator))
-    grid = torch.arange(28)
-    rows = (grid[None, :] + dy[:, None])[:, :, None]   # [n, 28, 1]
-    cols = (grid[None, :] + dx[:, None])[:, None, :]   # [n, 1, 28]
-    return padded[torch.arange(n)[:, None, None], rows, cols].unsqueeze(1)
-
-
-def accuracy(classifier, data: MNISTDataset) -> float:
-    _, predictions = classify(classifier, data.images)
-    return float((predictions == data.labels.numpy()).mean())
-
-
-def train_classifier(out=CLASSIFIER_PATH, epochs=5, batch_size=128, lr=3e-3, seed=0, limit=None):
-    """Train on the train split, keep the epoch with the best validation accuracy, and measure
-    the test split once, at the end. Returns the saved dict."""
-    set_random_seed(seed)
-    train, valid = MNISTDataset("train", limit=limit), MNISTDataset("valid")
-    classifier = DigitClassifier()
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                   pct_start=0.2)
-    generator = torch.Generator().manual_seed(seed)
-    best, started = None, time.perf_counter()
-    print(f"training DigitClassifier ({sum(p.numel() for p in classifier.parameters()):,} parameters) on "
-          f"{len(train):,} training images, {epochs} epochs, {torch.get_num_threads()} CPU threads")
-    for epoch in range(1, epochs + 1):
-        classifier.train()
-        total = 0.0
-        for images, labels in train.batches(batch_size, shuffle=True, generator=generator):
-            loss = F.cross_entropy(classifier(shifted(images, generator)), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(labels)
-        valid_accuracy = accuracy(classifier, valid)
-        print(f"epoch {epoch}: train loss {total / len(train):.4f}, valid accuracy {valid_accuracy:.4%} "
-              f"({time.perf_counter() - started:.0f} s)")
-        if best is None or valid_accuracy > best[0]:
-            best = (valid_accuracy, epoch, copy.deepcopy(classifier.state_dict()))
-    valid_accuracy, best_epoch, state = best
-    classifier.load_state_dict(state)
-    test_accuracy = accuracy(classifier, MNISTDataset("test"))  # the one look at the test split
-    seconds = time.perf_counter() - started
-    saved = {"format": CLASSIFIER_FORMAT, "state_dict": state, "epoch": best_epoch, "epochs": epochs,
-             "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy, "seed": seed,
-             "train_images": len(train), "seconds": round(seconds, 1), "torch_version": str(torch.__version__)}
-    atomic_torch_save(saved, out)
-    print(f"kept epoch {best_epoch} (best validation accuracy {valid_accuracy:.4%}); test accuracy "
-          f"{test_accuracy:.4%}; {seconds:.0f} s; saved {out} ({Path(out).stat().st_size / 1024:.0f} KiB)")
-    return saved
 
 
 # ==================================================================== feature statistics
@@ -272,138 +129,6 @@ def bounds(log_w: torch.Tensor, ks=(1, 10, 100)) -> dict:
 
 def likelihood_ks(k: int):
     return sorted({k} | {d for d in (1, 5, 10, 50, 100, 1000) if d < k and k % d == 0})
-
-
-# ==================================================================== pictures
-def labelled_grid(cells: np.ndarray, row_names, title: str, column_names=None) -> bytes:
-    """uint8 cells [R, C, 28, 28] as a PNG with a name beside each row (and above each column)."""
-    from matplotlib.figure import Figure
-    from outputs import tile
-    canvas = tile(cells)
-    rows, columns = cells.shape[:2]
-    fig = Figure(figsize=(1.1 + 0.42 * columns, 0.6 + 0.42 * rows))
-    ax = fig.subplots()
-    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-    step = 28 + 2
-    ax.set_yticks([2 + 14 + i * step for i in range(rows)], list(row_names), fontsize=8)
-    if column_names is None:
-        ax.set_xticks([])
-    else:
-        ax.xaxis.tick_top()
-        ax.set_xticks([2 + 14 + j * step for j in range(columns)], list(column_names), fontsize=7)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
-
-
-def recon_picture(originals: np.ndarray, recon: np.ndarray) -> bytes:
-    return labelled_grid(np.stack([originals, recon]), ["original", "reconstruction"],
-                         f"the first {len(recon)} images of the split and their reconstructions",
-                         column_names=[str(i) for i in range(len(recon))])
-
-
-def samples_picture(samples: np.ndarray, conditional: bool) -> bytes:
-    """Row c: decode(z ~ N(0, I), c); an unconditional model ignores c, so its rows are just more draws."""
-    if conditional:
-        return labelled_grid(samples, [f"label {c}" for c in range(len(samples))],
-                             "decode(z ~ N(0, I), label): one row per label")
-    return labelled_grid(samples, [f"draws {1 + i * samples.shape[1]}-{(i + 1) * samples.shape[1]}"
-                                   for i in range(len(samples))],
-                         "decode(z ~ N(0, I)): the label-free model ignores the label")
-
-
-def interpolation_pairs(labels: np.ndarray, conditional: bool):
-    """Ten (index a, index b) pairs of the split. A conditional model keeps the label fixed, so
-    its rows join two different digits of one label (a change of style); an unconditional one
-    joins the first digit of label c to the first of label c + 1."""
-    first = {c: np.flatnonzero(labels == c) for c in range(NUM_CLASSES)}
-    pairs = []
-    for c in range(NUM_CLASSES):
-        if conditional:
-            if len(first[c]) >= 2:
-                pairs.append((first[c][0], first[c][1]))
-        elif len(first[c]) and len(first[(c + 1) % NUM_CLASSES]):
-            pairs.append((first[c][0], first[(c + 1) % NUM_CLASSES][0]))
-    return pairs
-
-
-@torch.no_grad()
-def interpolation_png(decoder, codes: torch.Tensor, labels: torch.Tensor, conditional: bool, steps: int = 8):
-    """Each row decodes `steps` points on the straight line between the posterior means of two
-    digits of the split (ends included). None when the split has no pair."""
-    labels = torch.as_tensor(labels)
-    pairs = interpolation_pairs(labels.numpy(), conditional)
-    if not pairs:
-        return None
-    t = torch.linspace(0, 1, steps)[:, None]
-    rows, names = [], []
-    for a, b in pairs:
-        z = (1 - t) * codes[a] + t * codes[b]
-        rows.append(to_uint8(decoder(z, labels[a].expand(steps))))
-        names.append(f"{int(labels[a])} -> {int(labels[b])}")
-    what = "two digits of one label (the label fixed)" if conditional else "digits of two labels"
-    return labelled_grid(np.stack(rows), names, f"decoding the line between the codes of {what}",
-                         column_names=[f"{v:.2f}" for v in t.squeeze(1).tolist()])
-
-
-def principal_components(codes: torch.Tensor, n: int = 2):
-    """(coordinates [N, n], share of variance each explains) by SVD of the centred codes; each
-    axis's sign is fixed (largest loading positive) so a picture does not flip between runs."""
-    centred = codes.double() - codes.double().mean(dim=0)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    vh = vh[:n] * torch.sign(vh[:n].gather(1, vh[:n].abs().argmax(dim=1, keepdim=True)))
-    coordinates = centred @ vh.T
-    if coordinates.shape[1] < n:  # latent_dim 1
-        coordinates = torch.cat([coordinates, torch.zeros(len(coordinates), n - coordinates.shape[1],
-                                                          dtype=coordinates.dtype)], dim=1)
-    share = (s ** 2 / (s ** 2).sum().clamp_min(1e-300))[:n].tolist()
-    return coordinates.numpy(), share + [0.0] * (n - len(share))
-
-
-def latent_map_png(codes: torch.Tensor, labels, task: str, map_num: int = 5000) -> bytes:
-    """The posterior means (from forward) of the first `map_num` images on their two main axes."""
-    from matplotlib.figure import Figure
-    from matplotlib import colormaps
-    num = min(map_num, len(codes))
-    codes, labels = codes[:num], np.asarray(labels)[:num]
-    coordinates, share = principal_components(codes)
-    fig = Figure(figsize=(6, 6))
-    ax = fig.subplots()
-    colours = colormaps["tab10"]
-    for c in range(NUM_CLASSES):
-        points = coordinates[labels == c]
-        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.6, color=colours(c), label=str(c), rasterized=True)
-    ax.set_xlabel(f"principal component 1 ({share[0]:.0%} of the variance)")
-    ax.set_ylabel(f"principal component 2 ({share[1]:.0%})")
-    title = f"{task}: posterior means of {num} images, PCA of {codes.shape[1]} dims"
-    if TASK_RECORDS[task].conditional:
-        title += "\n(the label is given to the model, so the code holds style, not class)"
-    ax.set_title(title, fontsize=10)
-    ax.legend(title="label", markerscale=4, fontsize=8, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
-
-
-def run_folder_of(checkpoint_path) -> Path:
-    """The run folder a checkpoint came from: its own folder for epoch_N.pth / interrupted.pth,
-    NAME/ beside an exported NAME.pth."""
-    path = Path(checkpoint_path)
-    if path.name.startswith("epoch_") or path.name == "interrupted.pth":
-        return path.parent
-    return path.with_suffix("")
-
-
-def loss_curve_copy(checkpoint_path):
-    """The training's loss_curve.png when the checkpoint's run folder still has it, else None."""
-    curve = run_folder_of(checkpoint_path) / "loss_curve.png"
-    return curve.read_bytes() if curve.is_file() else None
 
 
 # ==================================================================== extended metrics
@@ -543,73 +268,3 @@ def report(task: str, e: dict) -> str:
                  + (f"; missing {', '.join(missing)} (loss_curve.png is copied only when the checkpoint's run folder still exists)"
                     if missing else ""))
     return "\n".join(lines)
-
-
-# ==================================================================== a generator the lab's grade likes
-def fake_samples(outputs: Path, save_dir: Path, kind: str = "pixel-shuffle", seed: int = 0) -> None:
-    """Copy an inference output folder and replace its gen/ by a hand-made 'generator' built
-    from the training split (never the graded one):
-      pixel-shuffle   every pixel drawn on its own from that pixel's values over the training
-                      images of the label: the per-pixel means and variances the simplified
-                      FID compares are the real ones, but the images are not digits
-      collapse        one training image of the label, repeated
-    hyperparams.json (and so the model behind the likelihood) is copied unchanged."""
-    from outputs import png_bytes
-    outputs, save_dir = Path(outputs), Path(save_dir)
-    info_path = outputs / "hyperparams.json"
-    if not info_path.is_file():
-        raise LabError(f"{outputs} holds no hyperparams.json: pass an inference.py output folder")
-    task = json.loads(info_path.read_text())["task"]
-    if save_dir.exists():
-        raise LabError(f"{save_dir} exists: choose a new --save_dir")
-    rng = np.random.default_rng(seed)
-    images, labels = load_split("train")
-    per_label = TASK_RECORDS[task].samples_per_label
-    shutil.copytree(outputs, save_dir, ignore=shutil.ignore_patterns("gen", "samples.png"))
-    rows = []
-    for c in range(NUM_CLASSES):
-        pool = images[labels == c].reshape(-1, 784)
-        if kind == "pixel-shuffle":
-            fake = pool[rng.integers(0, len(pool), (per_label, 784)), np.arange(784)]
-        elif kind == "collapse":
-            fake = np.repeat(pool[rng.integers(0, len(pool))][None], per_label, axis=0)
-        else:
-            raise LabError(f"--kind {kind}: choose pixel-shuffle or collapse")
-        fake = fake.reshape(per_label, 28, 28).astype(np.uint8)
-        (save_dir / "gen" / str(c)).mkdir(parents=True)
-        for i, pixels in enumerate(fake):
-            (save_dir / "gen" / str(c) / f"{i}.png").write_bytes(png_bytes(pixels))
-        rows.append(fake[:10])
-    atomic_write_bytes(save_dir / "samples.png", samples_picture(np.stack(rows), conditional=True))
-    print(f"wrote {save_dir}: {kind} samples ({per_label} per label) in gen/, the rest copied from {outputs}; "
-          f"grade with: python grade.py --extended --{task}_output_dir {save_dir} --result_path {save_dir}/grade.json")
-
-
-# ==================================================================== CLI
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train-classifier", help="train the digit classifier (train split; selected on "
-                                                         "valid; test accuracy measured once)")
-    train.add_argument("--out", type=Path, default=CLASSIFIER_PATH, help="where to save it (default %(default)s)")
-    train.add_argument("--epochs", type=int, default=5)
-    train.add_argument("--batch_size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all)")
-    fake = commands.add_parser("fake-samples", help="replace an output folder's samples by a hand-made generator")
-    fake.add_argument("--outputs", type=Path, required=True, help="an inference.py output folder")
-    fake.add_argument("--save_dir", type=Path, required=True, help="the new folder")
-    fake.add_argument("--kind", default="pixel-shuffle", choices=("pixel-shuffle", "collapse"))
-    fake.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.command == "train-classifier":
-        if args.epochs < 1 or args.batch_size < 1 or args.limit < 0:
-            raise LabError("--epochs and --batch_size must be >= 1 and --limit >= 0")
-        train_classifier(args.out, args.epochs, args.batch_size, args.lr, args.seed, args.limit or None)
-    else:
-        fake_samples(args.outputs, args.save_dir, args.kind, args.seed)
-
-
-if __name__ == "__main__":
-    run_cli(main)

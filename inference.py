@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 import contract
 import outputs
+import pictures
 from data_utils import (NUM_CLASSES, LabError, MNISTDataset, ensure_writable_folder, resolve_split, run_cli,
                         set_random_seed, to_uint8)
 from tasks import TASK_RECORDS, canonical_task, default_checkpoint, default_output_dir
@@ -130,7 +131,7 @@ def main(argv=None):
     try:
         save_dir.parent.mkdir(parents=True, exist_ok=True)
         outputs.write(partial, recon, samples, info, progress=lambda items: tqdm(items, desc="write PNGs"))
-        pictures = write_pictures(partial, data, recon, samples, codes, decoder, task, checkpoint_path)
+        written = pictures.write_pictures(partial, data, recon, samples, codes, decoder, task, checkpoint_path)
         outputs.replace_folder(partial, save_dir)
     except BaseException as error:
         # Whatever stopped the write (disk full, Ctrl-C, an error), leave no half-written folder.
@@ -140,33 +141,7 @@ def main(argv=None):
         raise LabError(f"cannot write outputs into {save_dir.parent} ({error.strerror}): "
                        f"pass a writable --save_dir") from None
     print(f"wrote {len(recon)} reconstructions and {samples.shape[0]}x{samples.shape[1]} samples to {save_dir} "
-          f"(pictures: {', '.join(pictures)}); grade with: python grade.py --{task}_output_dir {save_dir}")
-
-
-def write_pictures(folder, data, recon, samples, codes, decoder, task, checkpoint_path) -> list:
-    """The pictures; each extra beyond recon.png and samples.png is skipped, with one line, if it fails."""
-    import evaluation
-    conditional = TASK_RECORDS[task].conditional
-    shown = min(16, len(recon))
-    originals = to_uint8(data.images[:shown].squeeze(1))
-    pictures = {
-        "recon.png": lambda: evaluation.recon_picture(originals, recon[:shown]),
-        "samples.png": lambda: evaluation.samples_picture(samples[:, :10], conditional),
-        "interpolation.png": lambda: evaluation.interpolation_png(decoder, codes, data.labels, conditional),
-        "latent_map.png": lambda: evaluation.latent_map_png(codes, data.labels, task),
-        "loss_curve.png": lambda: evaluation.loss_curve_copy(checkpoint_path),
-    }
-    written = []
-    for name, make in pictures.items():
-        try:
-            picture = make()
-        except Exception as error:  # an extra never fails the run: recon/ and gen/ are what is graded
-            print(f"skipped {name}: {contract.one_line(error, 160)}")
-            continue
-        if picture is not None:
-            (Path(folder) / name).write_bytes(picture)
-            written.append(name)
-    return written
+          f"(pictures: {', '.join(written)}); grade with: python grade.py --{task}_output_dir {save_dir}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from skimage.metrics import structural_similarity
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
 LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "tasks.py", "trainer.py", "train.py", "inference.py", "grade.py",
-             "outputs.py", "evaluation.py", "model.py"]
+             "outputs.py", "pictures.py", "evaluation.py", "classifier.py", "model.py"]
 TASKS = ("VAE0label", "Genwithlabel")
 
 # One process per submission (each imports its own `submission`), calling the scripts' own main()

@@ -1,4 +1,4 @@
-"""Issue 6: evaluation a person can trust (evaluation.py, grade.py --extended, the pictures).
+"""Evaluation a person can trust (classifier.py, evaluation.py, grade.py --extended, pictures.py).
 
   1. the committed classifier: small, safe to load, >= 99% on the test split
   2. classifier FID: ~0 for a set against itself, near its floor for fresh real digits,
@@ -10,40 +10,42 @@
 import json
 import math
 import shutil
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import classifier as clf
 import evaluation as ev
 import grade
 from conftest import run
-from data_utils import load_split
+from data_utils import ROOT, LabError, load_split
 from submission import vae_loss
 from checkpoint import load_checkpoint, model_from_checkpoint
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    return ev.load_classifier()
+    return clf.load_classifier()
 
 
 @pytest.fixture(scope="module")
 def valid_features(classifier):
     images, labels = load_split("valid")
-    features, _ = ev.classify(classifier[0], images)
+    features, _ = clf.classify(classifier[0], images)
     return images, labels, features
 
 
 # ---------------------------------------------------------------- 1. the classifier
 def test_classifier_is_small_safe_and_reads_real_test_digits(classifier):
-    assert ev.CLASSIFIER_PATH.stat().st_size < 500_000
-    saved = torch.load(ev.CLASSIFIER_PATH, map_location="cpu", weights_only=True)  # no pickled code
-    assert saved["format"] == ev.CLASSIFIER_FORMAT and saved["valid_accuracy"] >= 0.99
+    assert clf.CLASSIFIER_PATH.stat().st_size < 500_000
+    saved = torch.load(clf.CLASSIFIER_PATH, map_location="cpu", weights_only=True)  # no pickled code
+    assert saved["format"] == clf.CLASSIFIER_FORMAT and saved["valid_accuracy"] >= 0.99
     model, _ = classifier
     images, labels = load_split("test")
-    _, predictions = ev.classify(model, images)
+    _, predictions = clf.classify(model, images)
     assert (predictions == labels).mean() >= 0.99
     assert (predictions == labels).mean() == pytest.approx(saved["test_accuracy"], abs=2e-4)
     # label accuracy as grade.py --extended computes it, on real test digits in the role of samples
@@ -54,11 +56,11 @@ def test_classifier_is_small_safe_and_reads_real_test_digits(classifier):
 def test_a_damaged_classifier_is_refused_with_the_fix(tmp_path):
     bad = tmp_path / "classifier.pth"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ev.LabError, match="train-classifier"):
-        ev.load_classifier(bad)
+    with pytest.raises(clf.LabError, match="python classifier.py"):
+        clf.load_classifier(bad)
     torch.save({"format": "something else"}, bad)
-    with pytest.raises(ev.LabError, match="not a classifier"):
-        ev.load_classifier(bad)
+    with pytest.raises(clf.LabError, match="not a classifier"):
+        clf.load_classifier(bad)
 
 
 # ---------------------------------------------------------------- 2. classifier FID
@@ -81,7 +83,7 @@ def test_classifier_fid_is_near_its_floor_for_real_digits_and_far_for_wrong_ones
     noised = np.clip(honest[0] / 255.0 + noise, 0, 1), honest[1]
     fids = {}
     for name, (gen_images, gen_labels) in {"honest": honest, "shuffled": shuffled, "noised": noised}.items():
-        gen_features, _ = ev.classify(classifier[0], gen_images)
+        gen_features, _ = clf.classify(classifier[0], gen_images)
         fids[name] = ev.fid_metrics(features[1000:], labels[1000:], gen_features, gen_labels, "Genwithlabel")
     honest = fids["honest"]
     # unseen real digits read like the floor, which is made the same way (1000 real vs the rest)
@@ -118,7 +120,7 @@ def test_negative_elbo_matches_the_training_loss(demo_model):
     """-ELBO = vae_loss (KL + ||x - recon||^2 / 2var, one draw of z) + 392 log(2 pi var), on average."""
     model, var, images, labels = demo_model
     log_w = ev.log_weights(model, images, labels, var, k=200, seed=0)
-    x = ev.as_float_images(images)
+    x = clf.as_float_images(images)
     torch.manual_seed(0)
     with torch.no_grad():
         losses = []
@@ -212,6 +214,32 @@ def test_the_shipped_generator_draws_the_label_asked_for(classifier):
     decoder = contract.Decoder(model, latent_dim=8)
     samples = inference.generate(decoder, 8, per_label=40, seed=1, device=torch.device("cpu"))
     assert samples.shape == (10, 40, 28, 28) and samples.dtype == np.uint8
-    _, predictions = ev.classify(classifier[0], samples.reshape(-1, 28, 28))
+    _, predictions = clf.classify(classifier[0], samples.reshape(-1, 28, 28))
     correct = predictions.reshape(10, 40) == np.arange(10)[:, None]
     assert correct.mean() >= 0.95 and correct.mean(axis=1).min() >= 0.8, correct.mean(axis=1)
+
+
+def test_fake_samples_match_pixel_statistics_without_drawing_digits(extended, tmp_path):
+    """tools/fake_samples.py: pixel-shuffle draws each pixel from that pixel's own training values
+    of the label (so per-pixel means follow the real ones); collapse repeats one training image."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import fake_samples
+    from data_utils import cal_fid
+    source = extended[0] / "Genwithlabel"
+    fake_samples.fake_samples(source, tmp_path / "shuffle", "pixel-shuffle", seed=0)
+    fake_samples.fake_samples(source, tmp_path / "collapse", "collapse", seed=0)
+    train_images, train_labels = load_split("train")
+    for label in (0, 7):
+        real = train_images[train_labels == label]
+        shuffle = np.stack([np.asarray(Image.open(p)) for p in (tmp_path / "shuffle" / "gen" / str(label)).glob("*.png")])
+        collapse = np.stack([np.asarray(Image.open(p)) for p in (tmp_path / "collapse" / "gen" / str(label)).glob("*.png")])
+        assert len(shuffle) == len(collapse) == 100
+        # every pixel value occurs at that pixel among the label's training images
+        for row, col in ((14, 14), (10, 16), (20, 9)):
+            assert set(shuffle[:, row, col]) <= set(real[:, row, col])
+        assert (collapse == collapse[0]).all() and any((image == collapse[0]).all() for image in real)
+        assert cal_fid(real / 255, shuffle / 255) < cal_fid(real / 255, collapse / 255) / 3
+    assert json.loads((tmp_path / "shuffle" / "hyperparams.json").read_text()) == \
+        json.loads((source / "hyperparams.json").read_text())
+    with pytest.raises(LabError, match="exists"):
+        fake_samples.fake_samples(source, tmp_path / "shuffle")
