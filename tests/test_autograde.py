@@ -223,10 +223,10 @@ def test_table_report_and_progress_lines(graded):
     assert markdown.startswith("Isolation: ") and "## Integrity flags" in markdown
     assert "## Similarity between students" in markdown
     n = len(rows)
-    assert re.search(rf"^\[\d+/{n}\] mlp_flatten: train VAE0label ok \(\d+\.\d s\)$", stdout, re.M)
-    assert re.search(rf"^\[\d+/{n}\] mlp_flatten: generate Genwithlabel ok \(\d+\.\d s\)$", stdout, re.M)
+    assert re.search(rf"^\[\d+/{n}\] decode_int: train VAE0label ok \(\d+\.\d s\)$", stdout, re.M)
+    assert re.search(rf"^\[\d+/{n}\] decode_int: generate Genwithlabel ok \(\d+\.\d s\)$", stdout, re.M)
     assert "it/s" not in stdout and "%|" not in stdout  # no progress bars
-    logs = out.parent / "grades_logs" / "mlp_flatten"
+    logs = out.parent / "grades_logs" / "decode_int"
     assert {p.name for p in logs.iterdir()} >= {"contract.log", "train_VAE0label.log", "reconstruct_VAE0label.log",
                                                "decode_VAE0label.log", "generate_Genwithlabel.log"}
     assert report["isolated"] == ISOLATED and report["seconds"] > 0
