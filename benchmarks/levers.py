@@ -1,0 +1,229 @@
+"""Which model and schedule reach full marks fastest? A bare training loop (no checkpoints, no
+validation, no progress bar) over candidate (C)VAEs, each graded on the validation split by the
+lab's grade_arrays, with its training seconds and images/s: the measurements behind issue 15.
+
+    python benchmarks/levers.py --arch conv:32,256 --epochs 4 --batch_size 128 --lr 3e-3
+    python benchmarks/levers.py --arch conv:16,256 --epochs 14 --lr 3e-3 --conditional
+    python benchmarks/levers.py --arch mlp:512,256 --epochs 15 --batch_size 256
+    python benchmarks/levers.py --throughput       # images/s of each candidate, random data
+
+--arch: conv:WIDTH,HIDDEN (submission.py's layout: two stride-2 convolutions of WIDTH and 2 WIDTH
+channels, a HIDDEN-unit layer; mirrored in the decoder), mlp:H1,H2,... (fully connected),
+hybrid:WIDTH,HIDDEN (an MLP encoder, the conv decoder). The learning rate rises linearly over the
+first --warmup share of the steps, then follows a cosine to lr/50. A conditional model's samples
+are drawn from a Gaussian fitted to each class's training codes (as GenModel's statistics do).
+Prints one JSON line per run. Run it alone: images/s beside another job mean nothing.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from data_utils import IMAGE_PIXELS, NUM_CLASSES, MNISTDataset, run_cli, to_uint8  # noqa: E402
+
+
+def act():
+    return nn.LeakyReLU(0.2)
+
+
+class Candidate(nn.Module):
+    """A (C)VAE with the handout's forward/decode; `encoder` and `decoder` are built by the subclass."""
+
+    def __init__(self, conditional: bool):
+        super().__init__()
+        self.extra = NUM_CLASSES if conditional else 0
+
+    def condition(self, h, labels):
+        return torch.cat([h, F.one_hot(labels, NUM_CLASSES).float()], dim=1) if self.extra else h
+
+    def forward(self, x, labels):
+        mu, log_var = self.encode(x, labels).chunk(2, dim=1)
+        z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if self.training else mu
+        return self.decode(z, labels), mu, log_var
+
+
+class MLP(Candidate):
+    def __init__(self, latent_dim, hidden, conditional):
+        super().__init__(conditional)
+        layers, size = [], IMAGE_PIXELS + self.extra
+        for h in hidden:
+            layers += [nn.Linear(size, h), act()]
+            size = h
+        self.encoder = nn.Sequential(*layers, nn.Linear(size, 2 * latent_dim))
+        layers, size = [], latent_dim + self.extra
+        for h in reversed(hidden):
+            layers += [nn.Linear(size, h), act()]
+            size = h
+        self.decoder = nn.Sequential(*layers, nn.Linear(size, IMAGE_PIXELS))
+
+    def encode(self, x, labels):
+        return self.encoder(self.condition(x.reshape(len(x), -1), labels))
+
+    def decode(self, z, labels):
+        return torch.sigmoid(self.decoder(self.condition(z, labels))).reshape(-1, 28, 28)
+
+
+class Conv(Candidate):
+    def __init__(self, latent_dim, width, hidden, conditional):
+        super().__init__(conditional)
+        self.width = width
+        self.conv = nn.Sequential(nn.Conv2d(1, width, 4, 2, 1), act(), nn.Conv2d(width, 2 * width, 4, 2, 1), act())
+        self.encoder = nn.Sequential(nn.Linear(2 * width * 49 + self.extra, hidden), act(),
+                                     nn.Linear(hidden, 2 * latent_dim))
+        self.decoder = nn.Sequential(nn.Linear(latent_dim + self.extra, hidden), act(),
+                                     nn.Linear(hidden, 2 * width * 49), act())
+        self.deconv = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, 2, 1), act(),
+                                    nn.ConvTranspose2d(width, 1, 4, 2, 1))
+
+    def encode(self, x, labels):
+        return self.encoder(self.condition(self.conv(x.reshape(-1, 1, 28, 28)).flatten(1), labels))
+
+    def decode(self, z, labels):
+        h = self.decoder(self.condition(z, labels)).reshape(-1, 2 * self.width, 7, 7)
+        return torch.sigmoid(self.deconv(h)).reshape(-1, 28, 28)
+
+
+class Hybrid(Conv):
+    def __init__(self, latent_dim, width, hidden, conditional, encoder_hidden=(512, 256)):
+        super().__init__(latent_dim, width, hidden, conditional)
+        del self.conv
+        self.encoder = MLP(latent_dim, encoder_hidden, conditional).encoder
+
+    def encode(self, x, labels):
+        return self.encoder(self.condition(x.reshape(len(x), -1), labels))
+
+
+def build(arch: str, latent_dim: int, conditional: bool) -> nn.Module:
+    kind, _, numbers = arch.partition(":")
+    sizes = [int(n) for n in numbers.split(",") if n]
+    if kind == "mlp" and sizes:
+        return MLP(latent_dim, sizes, conditional)
+    if kind in ("conv", "hybrid") and len(sizes) == 2:
+        return (Conv if kind == "conv" else Hybrid)(latent_dim, *sizes, conditional)
+    raise SystemExit(f"error: --arch {arch}: use conv:WIDTH,HIDDEN, hybrid:WIDTH,HIDDEN or mlp:H1,H2,...")
+
+
+def loss_fn(recon_x, x, mu, log_var, var):
+    """vae_loss of the lab: KL + ||x - recon_x||^2 / (2 var), per image, averaged."""
+    b = len(x)
+    kl = 0.5 * (-1 + log_var.exp() + mu.pow(2) - log_var).sum(1)
+    return (kl + (x.reshape(b, -1) - recon_x.reshape(b, -1)).pow(2).sum(1) / (2 * var)).mean()
+
+
+def lr_at(step, total, lr, warmup):
+    warm = round(warmup * total)
+    if step < warm:
+        return lr * (step + 1) / warm
+    progress = (step - warm) / max(total - 1 - warm, 1)
+    return lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def grade_on_valid(model, train, valid, latent_dim, conditional):
+    from grade import grade_arrays
+    model.eval()
+    recon = np.concatenate([to_uint8(model(valid.images[i:i + 1000], valid.labels[i:i + 1000])[0])
+                            for i in range(0, len(valid), 1000)])
+    samples = None
+    if conditional:  # per-class Gaussian on the training codes, 100 samples per label
+        codes = torch.cat([model(train.images[i:i + 2000], train.labels[i:i + 2000])[1]
+                           for i in range(0, len(train), 2000)]).double()
+        generator, samples = torch.Generator().manual_seed(42), []
+        for c in range(NUM_CLASSES):
+            class_codes = codes[train.labels == c]
+            scale = torch.linalg.cholesky(torch.cov(class_codes.T))
+            z = class_codes.mean(0) + torch.randn(100, latent_dim, generator=generator).double() @ scale.T
+            samples.append(to_uint8(model.decode(z.float(), torch.full((100,), c))))
+    images = to_uint8(valid.images[:, 0])
+    task = "Genwithlabel" if conditional else "VAE0label"
+    return grade_arrays(task, images, valid.labels.numpy(), recon, samples, latent_dim)
+
+
+def train_and_grade(args):
+    torch.manual_seed(args.seed)
+    model = build(args.arch, args.latent_dim, args.conditional)
+    train, valid = MNISTDataset("train"), MNISTDataset("valid")
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    steps_per_epoch = math.ceil(len(train) / args.batch_size)
+    total = int(args.epochs * steps_per_epoch)
+    step, started = 0, time.perf_counter()
+    model.train()
+    while step < total:
+        order = torch.randperm(len(train))
+        for batch in range(steps_per_epoch):
+            if step >= total:
+                break
+            index = order[batch * args.batch_size:(batch + 1) * args.batch_size]
+            x, labels = train.images[index], train.labels[index]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, args.lr, args.warmup)
+            recon_x, mu, log_var = model(x, labels)
+            loss = loss_fn(recon_x, x, mu, log_var, args.var)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    seconds = time.perf_counter() - started
+    result = grade_on_valid(model, train, valid, args.latent_dim, args.conditional)
+    row = {"arch": args.arch, "conditional": args.conditional, "epochs": args.epochs, "batch_size": args.batch_size,
+           "lr": args.lr, "var": args.var, "train_seconds": round(seconds, 1),
+           "images_per_s": round(step * args.batch_size / seconds), "ssim": round(result["ssim"], 4),
+           "mse": round(result["mse"], 5), "fid": round(result["fid"], 3) if "fid" in result else None,
+           "grade_uncapped": round(result["score_uncapped"], 3), "threads": torch.get_num_threads()}
+    print(json.dumps(row), flush=True)
+
+
+def throughput(seconds=6.0):
+    x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
+    for arch in ("conv:32,256", "conv:16,256", "hybrid:32,256", "mlp:512,256"):
+        for batch_size in (128, 512):
+            model = build(arch, 8, True)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            images, started, steps = 0, None, 0
+            while started is None or time.perf_counter() - started < seconds:
+                index = torch.randint(0, len(x), (batch_size,))
+                recon_x, mu, log_var = model(x[index], labels[index])
+                loss = loss_fn(recon_x, x[index], mu, log_var, 0.01)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                steps += 1
+                if steps == 3:
+                    started = time.perf_counter()
+                elif steps > 3:
+                    images += batch_size
+            rate = images / (time.perf_counter() - started)
+            print(json.dumps({"arch": arch, "batch_size": batch_size, "images_per_s": round(rate),
+                              "threads": torch.get_num_threads()}), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="conv:32,256", help="conv:W,H, hybrid:W,H or mlp:H1,H2 (default %(default)s)")
+    parser.add_argument("--conditional", action="store_true", help="a CVAE graded as Genwithlabel (default: VAE0label)")
+    parser.add_argument("--latent_dim", type=int, default=8, help="(default %(default)s)")
+    parser.add_argument("--epochs", type=float, default=4, help="may be fractional (default %(default)s)")
+    parser.add_argument("--batch_size", type=int, default=128, help="(default %(default)s)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default %(default)s)")
+    parser.add_argument("--warmup", type=float, default=0.03, help="share of steps of linear warm-up (default %(default)s)")
+    parser.add_argument("--var", type=float, default=0.01, help="decoder variance of the loss (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
+    parser.add_argument("--throughput", action="store_true", help="only images/s of each candidate on random data")
+    args = parser.parse_args(argv)
+    if args.throughput:
+        throughput()
+    else:
+        train_and_grade(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
