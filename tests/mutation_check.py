@@ -68,6 +68,12 @@ MUTANTS = [
      "rows.append(to_uint8(decoder(z, torch.full((per_label,), 0, device=device))))", ["tests/test_evaluation.py"]),
     ("a narrower code accepted", "contract.py", "or (latent_dim is not None and value.shape[1] != latent_dim)", "",
      ["tests/test_contract.py"]),
+    ("pixel-shuffle fake drawn from every label's pixels", "tools/fake_samples.py",
+     "pool = images[labels == c].reshape(-1, IMAGE_PIXELS)", "pool = images.reshape(-1, IMAGE_PIXELS)",
+     ["tests/test_evaluation.py::test_fake_samples_match_pixel_statistics_without_drawing_digits"]),
+    ("classifier features read without the batch norm's eval mode", "classifier.py",
+     "    classifier.eval()\n    images = as_float_images(images)", "    classifier.train()\n    images = as_float_images(images)",
+     ["tests/test_evaluation.py::test_an_images_features_do_not_depend_on_the_rest_of_its_batch"]),
 ]
 
 

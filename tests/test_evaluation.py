@@ -53,6 +53,17 @@ def test_classifier_is_small_safe_and_reads_real_test_digits(classifier):
     assert metrics["overall"] >= 0.99 and min(metrics["per_label"]) >= 0.97
 
 
+def test_an_images_features_do_not_depend_on_the_rest_of_its_batch(classifier):
+    """Generated samples are read one label at a time: a batch of one digit must be read as in any
+    other batch (batch norm in eval mode, with its running statistics)."""
+    images, labels = load_split("valid")
+    ones = images[labels == 1][:40]
+    mixed = np.concatenate([ones, images[labels != 1][:40]])
+    alone, _ = clf.classify(classifier[0], ones)
+    among_others, _ = clf.classify(classifier[0], mixed)
+    assert np.allclose(alone, among_others[:40], atol=1e-5)
+
+
 def test_a_damaged_classifier_is_refused_with_the_fix(tmp_path):
     bad = tmp_path / "classifier.pth"
     bad.write_bytes(b"not a checkpoint")
