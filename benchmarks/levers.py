@@ -29,6 +29,8 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data_utils import IMAGE_PIXELS, NUM_CLASSES, MNISTDataset, run_cli, to_uint8  # noqa: E402
+from race import Grader  # noqa: E402
+from submission import vae_loss  # noqa: E402
 
 
 def act():
@@ -112,13 +114,6 @@ def build(arch: str, latent_dim: int, conditional: bool) -> nn.Module:
     raise SystemExit(f"error: --arch {arch}: use conv:WIDTH,HIDDEN, hybrid:WIDTH,HIDDEN or mlp:H1,H2,...")
 
 
-def loss_fn(recon_x, x, mu, log_var, var):
-    """vae_loss of the lab: KL + ||x - recon_x||^2 / (2 var), per image, averaged."""
-    b = len(x)
-    kl = 0.5 * (-1 + log_var.exp() + mu.pow(2) - log_var).sum(1)
-    return (kl + (x.reshape(b, -1) - recon_x.reshape(b, -1)).pow(2).sum(1) / (2 * var)).mean()
-
-
 def lr_at(step, total, lr, warmup):
     warm = round(warmup * total)
     if step < warm:
@@ -128,30 +123,24 @@ def lr_at(step, total, lr, warmup):
 
 
 @torch.no_grad()
-def grade_on_valid(model, train, valid, latent_dim, conditional):
-    from grade import grade_arrays
+def class_gaussian_samples(model, train, latent_dim, per_label=100):
+    """uint8 [10, per_label, 28, 28]: decoded draws from a Gaussian fitted to each class's training codes."""
     model.eval()
-    recon = np.concatenate([to_uint8(model(valid.images[i:i + 1000], valid.labels[i:i + 1000])[0])
-                            for i in range(0, len(valid), 1000)])
-    samples = None
-    if conditional:  # per-class Gaussian on the training codes, 100 samples per label
-        codes = torch.cat([model(train.images[i:i + 2000], train.labels[i:i + 2000])[1]
-                           for i in range(0, len(train), 2000)]).double()
-        generator, samples = torch.Generator().manual_seed(42), []
-        for c in range(NUM_CLASSES):
-            class_codes = codes[train.labels == c]
-            scale = torch.linalg.cholesky(torch.cov(class_codes.T))
-            z = class_codes.mean(0) + torch.randn(100, latent_dim, generator=generator).double() @ scale.T
-            samples.append(to_uint8(model.decode(z.float(), torch.full((100,), c))))
-    images = to_uint8(valid.images[:, 0])
-    task = "Genwithlabel" if conditional else "VAE0label"
-    return grade_arrays(task, images, valid.labels.numpy(), recon, samples, latent_dim)
+    codes = torch.cat([model(train.images[i:i + 2000], train.labels[i:i + 2000])[1]
+                       for i in range(0, len(train), 2000)]).double()
+    generator, samples = torch.Generator().manual_seed(42), []
+    for c in range(NUM_CLASSES):
+        class_codes = codes[train.labels == c]
+        scale = torch.linalg.cholesky(torch.cov(class_codes.T))
+        z = class_codes.mean(0) + torch.randn(per_label, latent_dim, generator=generator).double() @ scale.T
+        samples.append(to_uint8(model.decode(z.float(), torch.full((per_label,), c))))
+    return np.stack(samples)
 
 
 def train_and_grade(args):
     torch.manual_seed(args.seed)
     model = build(args.arch, args.latent_dim, args.conditional)
-    train, valid = MNISTDataset("train"), MNISTDataset("valid")
+    train = MNISTDataset("train")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = int(args.epochs * steps_per_epoch)
@@ -167,13 +156,15 @@ def train_and_grade(args):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, args.lr, args.warmup)
             recon_x, mu, log_var = model(x, labels)
-            loss = loss_fn(recon_x, x, mu, log_var, args.var)
+            loss = vae_loss(recon_x, x, mu, log_var, args.var)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
     seconds = time.perf_counter() - started
-    result = grade_on_valid(model, train, valid, args.latent_dim, args.conditional)
+    grader = Grader("Genwithlabel" if args.conditional else "VAE0label")
+    samples = class_gaussian_samples(model, train, args.latent_dim) if args.conditional else None
+    result = grader(model, args.latent_dim, samples)
     row = {"arch": args.arch, "conditional": args.conditional, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr, "var": args.var, "train_seconds": round(seconds, 1),
            "images_per_s": round(step * args.batch_size / seconds), "ssim": round(result["ssim"], 4),
@@ -192,7 +183,7 @@ def throughput(seconds=6.0):
             while started is None or time.perf_counter() - started < seconds:
                 index = torch.randint(0, len(x), (batch_size,))
                 recon_x, mu, log_var = model(x[index], labels[index])
-                loss = loss_fn(recon_x, x[index], mu, log_var, 0.01)
+                loss = vae_loss(recon_x, x[index], mu, log_var, 0.01)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -18,6 +18,7 @@ images/s can be read against it. Writes OUT.csv (one row per graded epoch), OUT.
 Run it alone on the machine: timings taken beside another job mean nothing.
 """
 import argparse
+import contextlib
 import csv
 import io
 import sys
@@ -79,15 +80,15 @@ class Grader:
         self.images = to_uint8(self.valid.images.squeeze(1))
 
     @torch.no_grad()
-    def __call__(self, model, latent_dim: int) -> dict:
+    def __call__(self, model, latent_dim: int, samples=None) -> dict:
+        """samples: uint8 [10, K, 28, 28] drawn by the caller; by default inference's decode(z ~ N(0, I), c)."""
         was_training = model.training
         model.eval()
         recon = np.concatenate([
             to_uint8(contract.reconstruct(model, self.valid.images[i:i + 1000], self.valid.labels[i:i + 1000],
                                           latent_dim)[0])
             for i in range(0, len(self.valid), 1000)])
-        samples = None
-        if self.record.conditional:
+        if self.record.conditional and samples is None:
             samples = generate(contract.Decoder(model, latent_dim), latent_dim, self.record.samples_per_label,
                                seed=42, device=torch.device("cpu"))
         result = grade_arrays(self.task, self.images, self.valid.labels.numpy(), recon, samples, latent_dim)
@@ -101,22 +102,16 @@ class Clock:
     def __init__(self):
         self.started, self.paused_total = time.perf_counter(), 0.0
 
+    @contextlib.contextmanager
     def pause(self):
-        return _Paused(self)
+        since = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_total += time.perf_counter() - since
 
     def seconds(self):
         return time.perf_counter() - self.started - self.paused_total
-
-
-class _Paused:
-    def __init__(self, clock):
-        self.clock = clock
-
-    def __enter__(self):
-        self.since = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.clock.paused_total += time.perf_counter() - self.since
 
 
 def row_of(contestant, epoch, seconds, images, latent_dim, result):
