@@ -1,5 +1,11 @@
+import contextlib
+import io
+import os
+import random
+import runpy
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +20,58 @@ def pytest_configure(config):
                                        "not project code")
 
 
-def run(script, *args, check=True, timeout=300):
-    """Run a repo script as a user would; return the CompletedProcess."""
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{script} {args} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+def run(script, *args, check=True, folder=ROOT):
+    """Run a lab script as `python script args...` would, from `folder` (the repo, or a lab copy such as
+    the starter kit), but in this process: a fresh interpreter would add seconds of imports to every
+    call and test nothing more (the tests that need a real process, for signals or a whole `bash
+    run.sh`, start one). Returns a CompletedProcess: exit code, stdout, stderr; an uncaught exception
+    is exit code 1 with its traceback, as Python's. The folder's own modules are imported for the call
+    (a file the folder lacks fails to import, as it would there) and the repo's put back afterwards,
+    with sys.path, the working directory, the RNG states and torch's thread count."""
+    import torch
+    folder = Path(folder)
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate(), torch.get_num_threads(), os.getcwd(),
+             list(sys.path), sys.argv)
+    ours = {} if folder == ROOT else {name: module for name, module in sys.modules.items() if _is_lab_module(module, ROOT)}
+    for name in ours:
+        del sys.modules[name]
+    if folder != ROOT:  # the folder's files only, as in a process started there
+        sys.path[:] = [str(folder)] + [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT]
+    os.chdir(folder)
+    sys.argv = [str(folder / script), *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                runpy.run_path(str(folder / script), run_name="__main__")
+            except SystemExit as exit:  # sys.exit(None) is 0; sys.exit("text") prints it and is 1
+                code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+                if isinstance(exit.code, str):
+                    print(exit.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        if folder != ROOT:
+            for name in [n for n, m in sys.modules.items() if _is_lab_module(m, folder)]:
+                del sys.modules[name]
+            sys.modules.update(ours)
+        torch.set_rng_state(saved[0]), np.random.set_state(saved[1]), random.setstate(saved[2])
+        torch.set_num_threads(saved[3]), os.chdir(saved[4])
+        sys.path[:], sys.argv = saved[5], saved[6]
+    result = subprocess.CompletedProcess([script, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {args} exited {code}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     return result
+
+
+def _is_lab_module(module, folder: Path) -> bool:
+    """A module loaded from a file of `folder` (the tests' own modules excepted)."""
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    path = Path(path).resolve()
+    return folder.resolve() in path.parents and ROOT / "tests" not in path.parents
 
 
 def first_images(tmp_path_factory, split: str, count: int):

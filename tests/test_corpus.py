@@ -19,28 +19,43 @@ LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "tasks.py", "train
              "outputs.py", "pictures.py", "evaluation.py", "classifier.py", "model.py"]
 TASKS = ("VAE0label", "Genwithlabel")
 
-# One process per submission (each imports its own `submission`), calling the scripts' own main()
-# with the arguments a user would type: the CLI path without paying the start-up three times.
-DRIVER = """
-import sys
-import train, inference, grade
-split = sys.argv[1]
-for task in ("VAE0label", "Genwithlabel"):
-    train.main(["--task", task, "--latent_dim", "3", "--save_dir", f"runs/{task}", "--limit", "192",
-                "--epochs", "1", "--batch_size", "64", "--valid_data", split, "--eval_num", "64",
-                "--pred_step", "0", "--no-save_loss_plot", "--device", "cpu"])
-    inference.main(["--checkpoint_path", f"runs/{task}.pth", "--data_path", split, "--inf_num", "60",
-                    "--save_dir", f"out/{task}", "--device", "cpu"])
-grade.main(["--VAE0label_output_dir", "out/VAE0label", "--Genwithlabel_output_dir", "out/Genwithlabel",
-            "--result_path", "grade_result.json"])
+# Two worker processes share the corpus. A worker takes its lab copies one after another: it imports
+# that lab's own modules (its `submission` among them, after forgetting the previous lab's) and calls the
+# scripts' main() with the arguments a user would type; each lab's output goes to its log.txt and its
+# exit status to status.txt. The CLI path, without paying torch's import once per submission.
+WORKER = """
+import contextlib, os, sys, traceback
+from pathlib import Path
+split, labs = sys.argv[1], sys.argv[2:]
+for lab in labs:
+    for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "") or "").startswith(str(Path(lab).parent))]:
+        del sys.modules[name]
+    sys.path[0] = lab
+    os.chdir(lab)
+    status = 0
+    with open("log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            import train, inference, grade
+            for task in ("VAE0label", "Genwithlabel"):
+                train.main(["--task", task, "--latent_dim", "3", "--save_dir", f"runs/{task}", "--limit", "192",
+                            "--epochs", "1", "--batch_size", "64", "--valid_data", split, "--eval_num", "64",
+                            "--pred_step", "0", "--no-save_loss_plot", "--device", "cpu"])
+                inference.main(["--checkpoint_path", f"runs/{task}.pth", "--data_path", split, "--inf_num", "60",
+                                "--save_dir", f"out/{task}", "--device", "cpu"])
+            grade.main(["--VAE0label_output_dir", "out/VAE0label", "--Genwithlabel_output_dir", "out/Genwithlabel",
+                        "--result_path", "grade_result.json"])
+        except BaseException as error:
+            traceback.print_exc()
+            status = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
+    Path("status.txt").write_text(str(status))
 """
 
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory, tiny_valid):
-    """{submission name: (lab copy, CompletedProcess)} for the whole corpus, two at a time."""
+    """{submission name: (lab copy, exit status, log)} for the whole corpus."""
     base = tmp_path_factory.mktemp("corpus")
-    labs, processes = {}, {}
+    labs = {}
     for path in CORPUS:
         lab = base / path.stem
         lab.mkdir()
@@ -50,16 +65,15 @@ def graded(tmp_path_factory, tiny_valid):
         (lab / "dataset").symlink_to(ROOT / "dataset")
         labs[path.stem] = lab
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}
-    pending, results = list(labs), {}
-    while pending or processes:
-        while pending and len(processes) < 2:
-            name = pending.pop(0)
-            processes[name] = subprocess.Popen([sys.executable, "-c", DRIVER, str(tiny_valid)], cwd=labs[name],
-                                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for name, process in list(processes.items()):
-            if process.poll() is not None:
-                results[name] = (labs[name], process.returncode, process.stdout.read())
-                del processes[name]
+    folders = [str(lab) for lab in labs.values()]
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tiny_valid), *folders[i::2]], cwd=base, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    crashes = [worker.communicate(timeout=900)[0] for worker in workers]
+    results = {}
+    for name, lab in labs.items():
+        status = lab / "status.txt"
+        assert status.is_file(), f"the worker stopped before {name}:\n" + "\n".join(c[-2000:] for c in crashes)
+        results[name] = (lab, int(status.read_text()), (lab / "log.txt").read_text())
     return results
 
 

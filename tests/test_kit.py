@@ -6,13 +6,19 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run
 from tools import course
 
 
-def in_kit(kit, *args, timeout=300):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=kit, capture_output=True, text=True,
-                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "2"})
+def in_kit(kit, script, *args):
+    """`python script args...` in the kit folder, with the kit's files only (conftest.run)."""
+    return run(script, *args, check=False, folder=kit)
+
+
+def in_kit_process(kit, script, *args):
+    """The same in a fresh interpreter with a bare environment, as a student's first command runs."""
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=kit, capture_output=True, text=True,
+                          timeout=300, env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "2"})
 
 
 def solution_with_sections_written(sections) -> str:
@@ -56,7 +62,7 @@ def test_the_kit_has_its_own_readme_and_no_answers(kit):
 
 def test_from_stubs_to_a_graded_submission_in_the_readmes_order(kit, tiny_valid):
     # 1. Untouched stubs: the check and training name the first section to write, in one line.
-    check = in_kit(kit, "check_submission.py")
+    check = in_kit_process(kit, "check_submission.py")
     assert check.returncode == 1 and "write section 2.2.1" in check.stdout and "Traceback" not in check.stdout
     train = in_kit(kit, "train.py", "--task", "VAE0label", "--limit", 64, "--epochs", 1)
     assert train.returncode == 2 and train.stderr.strip().count("\n") == 0 and "section 2.2.1" in train.stderr

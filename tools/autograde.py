@@ -11,9 +11,12 @@ must read:
 
     contract     contract.check for both tasks                         no data split
     train        the lab's train.py with the fixed budget               train + validation splits
-    reconstruct  forward on the grading split: recon.npy, codes.npy (mu) grading split + checkpoint
-    decode       decode(codes, labels) of the grader's copy of the codes  checkpoint + codes/labels only
+    reconstruct  forward on the grading split: recon.npy, codes.npy (mu) grading split + checkpoints
+    decode       decode(codes, labels) of the grader's copy of the codes  checkpoints + codes/labels only
     generate     decode(z ~ N(0, I), label): samples.npy (Genwithlabel)  checkpoint only
+
+Each phase is one process that does its work for every task still in the running (train: the tasks
+without a handed-in checkpoint), so a student costs five process starts, not one per task and phase.
 
 The grader checks every array itself, grades with grade.grade_arrays in its own process, and
 flags what looks like cheating (docs/course.md, "Integrity"): a forward reconstruction that is
@@ -544,6 +547,7 @@ def grade_student(folder: Path, batch: Batch, base: Path, logs: Path, say) -> di
         fail(f"import: {str(contract['import'])[:300]}")
         return record
 
+    running = {}  # task -> its checkpoint (None: trained here), for the tasks not failed yet
     for task in TASKS:
         if task in refused:
             continue
@@ -552,79 +556,148 @@ def grade_student(folder: Path, batch: Batch, base: Path, logs: Path, say) -> di
             message = outcome.get("error") if isinstance(outcome, dict) else None
             fail(f"{task} contract: {str(message or 'no result')[:300]}")
             continue
-        latent_dim = latent_dims[task]
-        entry = record["tasks"][task] = {"latent_dim": latent_dim,
-                                         "source": "handed in" if task in given else "trained here"}
+        record["tasks"][task] = {"latent_dim": latent_dims[task], "source": "handed in" if task in given else "trained here"}
+        running[task] = given.get(task)
+
+    # 2.-5. one process per phase, doing its work for every task still running; then the grades
+    phases = Phases(batch, base, inputs, phase, record, running, fail)
+    phases.train()
+    recon, codes = phases.reconstruct()
+    verified = phases.decode(codes)
+    samples = phases.generate()
+    for task in list(running):
         try:
-            grade_task(task, entry, latent_dim, given.get(task), batch, base, inputs, phase, flags)
+            grade_task(task, record["tasks"][task], recon[task], verified[task], samples.get(task), batch, flags)
         except LabError as error:
             fail(f"{task} {error}")
             for key in ("ssim", "mse", "fid", "score"):
-                entry.pop(key, None)
+                record["tasks"][task].pop(key, None)
     return record
 
 
-def grade_task(task, entry, latent_dim, checkpoint, batch, base, inputs, phase, flags):
-    """Train (unless handed in), reconstruct, verify, generate and grade one task; LabError on failure."""
-    from grade import grade, grade_arrays
-    args = batch.args
-    if checkpoint is None:
-        run = base / f"train_{task}" / "run"
-        command = ["train.py", "--task", task, "--model", "submission", "--latent_dim", latent_dim,
-                   "--save_dir", run, "--epochs", args.epochs, "--batch_size", args.batch_size,
+class Phases:
+    """The phases after the contract, one method each. A task whose phase fails is failed (its error in the
+    student's row) and dropped from `running`; the other tasks go on."""
+
+    def __init__(self, batch, base, inputs, phase, record, running, fail):
+        self.batch, self.args, self.base, self.inputs, self.phase = batch, batch.args, base, inputs, phase
+        self.record, self.running, self.fail = record, running, fail
+
+    def _run(self, name, what, tasks, command, read_only, **options):
+        """Run phase `name` for `tasks`; return {task: its output folder} for the tasks that finished."""
+        result, work = self.phase(name, command, self.args.time_limit * len(tasks), read_only, **options)
+        finished = {}
+        for task in tasks:
+            error, done = work / task / "error.txt", work / task / "done"
+            if error.is_file():
+                message = error.read_text(errors="replace")[:300]
+            elif not done.is_file():
+                message = result.error or "the phase ended before this task was done"
+            else:
+                finished[task] = work / task
+                continue
+            self.drop(task, f"{what}: {message}")
+        return finished
+
+    def drop(self, task, message):
+        self.fail(f"{task} {message}")
+        del self.running[task]
+
+    def _checkpoints(self, tasks):
+        return [f"{task}={self.running[task]}" for task in tasks]
+
+    def train(self):
+        """The lab's train.py with the fixed budget, for every task without a handed-in checkpoint."""
+        args, batch = self.args, self.batch
+        tasks = [task for task, checkpoint in self.running.items() if checkpoint is None]
+        if not tasks:
+            return
+        command = [PHASE_SCRIPT, "train", "--out", self.base / "train",
+                   *[f"--task={task}={self.record['tasks'][task]['latent_dim']}" for task in tasks],
+                   "--model", "submission", "--epochs", args.epochs, "--batch_size", args.batch_size,
                    "--limit", args.train_limit, "--train_data", batch.train_path, "--valid_data", batch.valid_path,
                    "--eval_num", args.eval_num, "--pred_step", args.pred_step, "--seed", args.seed,
                    "--device", args.device, "--keep_last", "1", "--no-save_loss_plot"]
-        result, work = phase(f"train_{task}", command, args.time_limit,
+        finished = self._run("train", "training", tasks, command,
                              batch.read_only_split(batch.train_path) + batch.read_only_split(batch.valid_path),
                              file_bytes=2 << 30, use_devices=True)
-        if not result.ok:
-            raise LabError(f"training: {result.error}")
-        exported = work / "run.pth"
-        try:
-            found = check_student_checkpoint(exported, task)
-        except LabError as error:
-            raise LabError(f"training: the exported checkpoint: {error}") from None
-        if found != latent_dim:
-            raise LabError(f"training: the exported checkpoint has latent_dim {found}, not {latent_dim}")
-        checkpoint = inputs / f"{task}.pth"
-        shutil.copyfile(exported, checkpoint)
-        check_student_checkpoint(checkpoint, task)
-    n = batch.num
+        for task, folder in finished.items():
+            latent_dim = self.record["tasks"][task]["latent_dim"]
+            try:
+                found = check_student_checkpoint(folder / "run.pth", task)
+                if found != latent_dim:
+                    raise LabError(f"it has latent_dim {found}, not {latent_dim}")
+            except LabError as error:
+                self.drop(task, f"training: the exported checkpoint: {error}")
+                continue
+            checkpoint = self.inputs / f"{task}.pth"
+            shutil.copyfile(folder / "run.pth", checkpoint)
+            check_student_checkpoint(checkpoint, task)
+            self.running[task] = checkpoint
 
-    # reconstruct: the grading split + the checkpoint
-    result, work = phase(f"reconstruct_{task}", [PHASE_SCRIPT, "reconstruct", "--checkpoint", checkpoint,
-                                                 "--data", batch.grading_path, "--num", n, "--out", base / f"reconstruct_{task}",
-                                                 "--seed", args.seed],
-                         args.time_limit, [checkpoint] + batch.read_only_split(batch.grading_path))
-    if not result.ok:
-        raise LabError(f"reconstruct: {result.error}")
-    recon = _load_array(work / "recon.npy", np.uint8, (n, 28, 28), "reconstruct")
-    codes = _load_array(work / "codes.npy", np.float32, (n, latent_dim), "reconstruct")
+    def reconstruct(self):
+        """forward on the first `num` grading images: {task: recon uint8 [N,28,28]}, {task: codes [N, D]}."""
+        recon, codes, tasks, n = {}, {}, list(self.running), self.batch.num
+        if not tasks:
+            return recon, codes
+        command = [PHASE_SCRIPT, "reconstruct", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
+                   "--data", self.batch.grading_path, "--num", n, "--out", self.base / "reconstruct",
+                   "--seed", self.args.seed]
+        read_only = [self.running[t] for t in tasks] + self.batch.read_only_split(self.batch.grading_path)
+        for task, folder in self._run("reconstruct", "reconstruct", tasks, command, read_only).items():
+            try:
+                recon[task] = _load_array(folder / "recon.npy", np.uint8, (n, 28, 28), "reconstruct")
+                codes[task] = _load_array(folder / "codes.npy", np.float32,
+                                          (n, self.record["tasks"][task]["latent_dim"]), "reconstruct")
+            except LabError as error:
+                self.drop(task, str(error))
+        return recon, codes
 
-    # decode: no data split; the grader's own copy of the codes and labels
-    feed = inputs / f"decode_{task}"
-    feed.mkdir()
-    np.save(feed / "codes.npy", codes, allow_pickle=False)
-    np.save(feed / "labels.npy", batch.labels.astype(np.int64), allow_pickle=False)
-    result, work = phase(f"decode_{task}", [PHASE_SCRIPT, "decode", "--checkpoint", checkpoint, "--inputs", feed,
-                                            "--out", base / f"decode_{task}", "--seed", args.seed],
-                         args.time_limit, [checkpoint, feed])
-    if not result.ok:
-        raise LabError(f"decode: {result.error}")
-    verified = _load_array(work / "verified.npy", np.uint8, (n, 28, 28), "decode")
+    def decode(self, codes):
+        """decode(mu, label) of the grader's own copy of the codes, in a process that sees no image."""
+        verified, tasks, n = {}, [task for task in self.running if task in codes], self.batch.num
+        if not tasks:
+            return verified
+        feed = self.inputs / "decode"
+        for task in tasks:
+            (feed / task).mkdir(parents=True)
+            np.save(feed / task / "codes.npy", codes[task], allow_pickle=False)
+            np.save(feed / task / "labels.npy", self.batch.labels.astype(np.int64), allow_pickle=False)
+        command = [PHASE_SCRIPT, "decode", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
+                   "--inputs", feed, "--out", self.base / "decode", "--seed", self.args.seed]
+        for task, folder in self._run("decode", "decode", tasks, command,
+                                      [self.running[t] for t in tasks] + [feed]).items():
+            try:
+                verified[task] = _load_array(folder / "verified.npy", np.uint8, (n, 28, 28), "decode")
+            except LabError as error:
+                self.drop(task, str(error))
+        return verified
 
-    samples = None
-    if task == "Genwithlabel":
-        per_label = TASK_RECORDS[task].samples_per_label
-        result, work = phase(f"generate_{task}", [PHASE_SCRIPT, "generate", "--checkpoint", checkpoint,
-                                                  "--per_label", per_label, "--seed", args.seed,
-                                                  "--out", base / f"generate_{task}"],
-                             args.time_limit, [checkpoint])
-        if not result.ok:
-            raise LabError(f"generate: {result.error}")
-        samples = _load_array(work / "samples.npy", np.uint8, (10, per_label, 28, 28), "generate")
+    def generate(self):
+        """decode(z ~ N(0, I), label), samples_per_label per label, for the conditional tasks (their grade has
+        an FID term), in a process that has seen neither an image nor a code of one."""
+        samples = {}
+        tasks = [task for task in self.running if TASK_RECORDS[task].conditional]
+        if not tasks:
+            return samples
+        per_label = {TASK_RECORDS[task].samples_per_label for task in tasks}
+        assert len(per_label) == 1, "one --per_label for every task of the phase"
+        per_label = per_label.pop()
+        command = [PHASE_SCRIPT, "generate", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
+                   "--per_label", per_label, "--seed", self.args.seed, "--out", self.base / "generate"]
+        for task, folder in self._run("generate", "generate", tasks, command,
+                                      [self.running[t] for t in tasks]).items():
+            try:
+                samples[task] = _load_array(folder / "samples.npy", np.uint8, (10, per_label, 28, 28), "generate")
+            except LabError as error:
+                self.drop(task, str(error))
+        return samples
 
+
+def grade_task(task, entry, recon, verified, samples, batch, flags):
+    """The grade of one task from the checked arrays, with the bypass and copy checks."""
+    from grade import grade, grade_arrays
+    latent_dim = entry["latent_dim"]
     forward = grade_arrays(task, batch.images, batch.labels, recon, samples, latent_dim)
     decoded = grade_arrays(task, batch.images, batch.labels, verified, samples, latent_dim)
     entry["forward"] = {k: forward[k] for k in ("ssim", "mse", "score")}

@@ -1,16 +1,21 @@
 """The autograder's phase scripts: copied into each student's lab copy as autograde_phases.py and run
-there, one phase per sandboxed process (tools/autograde.py starts them).
+there, one phase per sandboxed process (tools/autograde.py starts them). A phase does its work for
+every task given to it, one after another, in WORK/<task>/:
 
     python autograde_phases.py contract    --out WORK [--latent_dim TASK=N ...]
-    python autograde_phases.py reconstruct --checkpoint C --data SPLIT --num N --out WORK
-    python autograde_phases.py decode      --checkpoint C --inputs IN --out WORK
-    python autograde_phases.py generate    --checkpoint C --per_label K --seed S --out WORK
+    python autograde_phases.py train       --task TASK=N ... --out WORK [train.py's flags]
+    python autograde_phases.py reconstruct --checkpoint TASK=C ... --data SPLIT --num N --out WORK
+    python autograde_phases.py decode      --checkpoint TASK=C ... --inputs IN --out WORK
+    python autograde_phases.py generate    --checkpoint TASK=C ... --per_label K --seed S --out WORK
 
-Student code is called only through contract.py (build, forward, Decoder). Each phase writes its
-result into WORK and nothing else; the grader checks every array itself and trusts nothing more.
+A task whose work fails writes its one-line error to WORK/<task>/error.txt and the next task still
+runs; a task that finished writes WORK/<task>/done. Student code is called only through train.py and
+contract.py (build, forward, Decoder). Each phase writes into WORK and nothing else; the grader checks
+every array itself and trusts nothing more.
 """
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import contract  # noqa: E402
-from data_utils import NUM_CLASSES, MNISTDataset, to_uint8  # noqa: E402
+from data_utils import NUM_CLASSES, LabError, MNISTDataset, to_uint8  # noqa: E402
 
 
 def _model(checkpoint_path):
@@ -35,54 +40,100 @@ def _save(path: Path, array: np.ndarray):
         np.save(handle, array, allow_pickle=False)
 
 
-def contract_phase(args):
+def _pairs(items, what):
+    """['VAE0label=8', ...] -> [('VAE0label', '8'), ...]"""
+    pairs = [item.partition("=")[::2] for item in items]
+    if not pairs or any(not task or not value for task, value in pairs):
+        raise LabError(f"expected one or more TASK={what}, got {items}")
+    return pairs
+
+
+def for_each_task(pairs, out, work):
+    """work(task, value, folder) for each (task, value) in turn, in folder = out/<task>. A task that raises
+    gets error.txt (its one-line error; the traceback goes to the log) and the next task still runs."""
+    for task, value in pairs:
+        folder = Path(out) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            work(task, value, folder)
+        except Exception as error:
+            traceback.print_exc()
+            (folder / "error.txt").write_text(str(error) if isinstance(error, LabError) else contract.one_line(error))
+        except SystemExit as error:  # train.py's argument parser; its message is in the log
+            (folder / "error.txt").write_text(f"exited with status {error.code}")
+        else:
+            (folder / "done").write_text("")
+
+
+def contract_phase(args, _):
     """contract.main: import, then contract.check for each task; writes contract.json."""
     argv = ["--json", str(Path(args.out) / "contract.json")]
     argv += [f"--latent_dim={item}" for item in args.latent_dim]
     return contract.main(argv)
 
 
+def train_phase(args, train_flags):
+    """The lab's train.py for each task, in this process: the run in <task>/run, the model in <task>/run.pth."""
+    import train
+
+    def work(task, latent_dim, folder):
+        train.main(["--task", task, "--latent_dim", latent_dim, "--save_dir", str(folder / "run"), *train_flags])
+    for_each_task(_pairs(args.task, "N"), args.out, work)
+
+
 @torch.no_grad()
-def reconstruct_phase(args):
+def reconstruct_phase(args, _):
     """recon.npy uint8 [N,28,28] from forward (the handout's way) and codes.npy float32 [N, D], its mu."""
-    model, latent_dim = _model(args.checkpoint)
-    data = MNISTDataset(args.data, limit=args.num or None)
-    recon, codes = [], []
-    for images, labels in data.batches(args.batch_size):
-        images, mu, _ = contract.reconstruct(model, images, labels, latent_dim)
-        recon.append(to_uint8(images))
-        codes.append(mu.float().cpu().numpy())
-    _save(Path(args.out) / "recon.npy", np.concatenate(recon))
-    _save(Path(args.out) / "codes.npy", np.concatenate(codes).astype(np.float32))
-    print(f"reconstructed {len(data)} images (latent_dim {latent_dim})")
+    def work(task, checkpoint, folder):
+        model, latent_dim = _model(checkpoint)
+        data = MNISTDataset(args.data, limit=args.num or None)
+        recon, codes = [], []
+        for images, labels in data.batches(args.batch_size):
+            images, mu, _ = contract.reconstruct(model, images, labels, latent_dim)
+            recon.append(to_uint8(images))
+            codes.append(mu.float().cpu().numpy())
+        _save(folder / "recon.npy", np.concatenate(recon))
+        _save(folder / "codes.npy", np.concatenate(codes).astype(np.float32))
+        print(f"{task}: reconstructed {len(data)} images (latent_dim {latent_dim})")
+    for_each_task(_pairs(args.checkpoint, "CHECKPOINT"), args.out, work)
 
 
 @torch.no_grad()
-def decode_phase(args):
-    """verified.npy uint8 [N,28,28] = decode(codes, labels), codes and labels written by the grader."""
-    model, latent_dim = _model(args.checkpoint)
-    codes = torch.from_numpy(np.load(Path(args.inputs) / "codes.npy", allow_pickle=False)).float()
-    labels = torch.from_numpy(np.load(Path(args.inputs) / "labels.npy", allow_pickle=False)).long()
-    decoder = contract.Decoder(model, latent_dim)
-    print(f"decoding {len(codes)} codes with {decoder.note}")
-    out = [to_uint8(decoder(codes[i:i + args.batch_size], labels[i:i + args.batch_size]))
-           for i in range(0, len(codes), args.batch_size)]
-    _save(Path(args.out) / "verified.npy", np.concatenate(out))
+def decode_phase(args, _):
+    """verified.npy uint8 [N,28,28] = decode(codes, labels), from IN/<task>/codes.npy and labels.npy,
+    which the grader wrote."""
+    def work(task, checkpoint, folder):
+        model, latent_dim = _model(checkpoint)
+        inputs = Path(args.inputs) / task
+        codes = torch.from_numpy(np.load(inputs / "codes.npy", allow_pickle=False)).float()
+        labels = torch.from_numpy(np.load(inputs / "labels.npy", allow_pickle=False)).long()
+        decoder = contract.Decoder(model, latent_dim)
+        print(f"{task}: decoding {len(codes)} codes with {decoder.note}")
+        out = [to_uint8(decoder(codes[i:i + args.batch_size], labels[i:i + args.batch_size]))
+               for i in range(0, len(codes), args.batch_size)]
+        _save(folder / "verified.npy", np.concatenate(out))
+    for_each_task(_pairs(args.checkpoint, "CHECKPOINT"), args.out, work)
 
 
 @torch.no_grad()
-def generate_phase(args):
+def generate_phase(args, _):
     """samples.npy uint8 [10, K, 28, 28]: row c is decode(z ~ N(0, I), c), seeded."""
-    model, latent_dim = _model(args.checkpoint)
-    torch.manual_seed(args.seed)
-    decoder = contract.Decoder(model, latent_dim)
-    print(f"generating {args.per_label} per label with {decoder.note}")
-    generator = torch.Generator().manual_seed(args.seed)
-    rows = []
-    for label in range(NUM_CLASSES):
-        z = torch.randn(args.per_label, latent_dim, generator=generator)
-        rows.append(to_uint8(decoder(z, torch.full((args.per_label,), label, dtype=torch.long))))
-    _save(Path(args.out) / "samples.npy", np.stack(rows))
+    def work(task, checkpoint, folder):
+        model, latent_dim = _model(checkpoint)
+        torch.manual_seed(args.seed)
+        decoder = contract.Decoder(model, latent_dim)
+        print(f"{task}: generating {args.per_label} per label with {decoder.note}")
+        generator = torch.Generator().manual_seed(args.seed)
+        rows = []
+        for label in range(NUM_CLASSES):
+            z = torch.randn(args.per_label, latent_dim, generator=generator)
+            rows.append(to_uint8(decoder(z, torch.full((args.per_label,), label, dtype=torch.long))))
+        _save(folder / "samples.npy", np.stack(rows))
+    for_each_task(_pairs(args.checkpoint, "CHECKPOINT"), args.out, work)
+
+
+PHASES = {"contract": contract_phase, "train": train_phase, "reconstruct": reconstruct_phase,
+          "decode": decode_phase, "generate": generate_phase}
 
 
 def main(argv=None):
@@ -91,9 +142,12 @@ def main(argv=None):
     p = phases.add_parser("contract")
     p.add_argument("--out", required=True)
     p.add_argument("--latent_dim", action="append", default=[])
+    p = phases.add_parser("train", help="any other flag is passed to train.py", allow_abbrev=False)
+    p.add_argument("--out", required=True)
+    p.add_argument("--task", action="append", default=[], help="TASK=latent_dim")
     for name in ("reconstruct", "decode", "generate"):
         p = phases.add_parser(name)
-        p.add_argument("--checkpoint", required=True)
+        p.add_argument("--checkpoint", action="append", default=[], help="TASK=path")
         p.add_argument("--out", required=True)
         p.add_argument("--batch_size", type=int, default=500)
         p.add_argument("--seed", type=int, default=42)
@@ -104,10 +158,11 @@ def main(argv=None):
             p.add_argument("--inputs", required=True)
         else:
             p.add_argument("--per_label", type=int, required=True)
-    args = parser.parse_args(argv)
-    torch.manual_seed(args.seed if hasattr(args, "seed") else 0)
-    return {"contract": contract_phase, "reconstruct": reconstruct_phase, "decode": decode_phase,
-            "generate": generate_phase}[args.phase](args) or 0
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.phase != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    torch.manual_seed(getattr(args, "seed", 0))
+    return PHASES[args.phase](args, rest) or 0
 
 
 if __name__ == "__main__":
