@@ -14,6 +14,7 @@ way (contract.py): forward for reconstructions, decode(z, label) for samples. Wr
     hyperparams.json         the checkpoint's settings plus what this run read (split, checksum)
     recon.png, samples.png   originals above reconstructions; a sample grid, one row per label
     interpolation.png, latent_map.png, loss_curve.png   extras, each skipped with a note if it fails
+    (--no-pictures: none of these pictures, only what grade.py reads)
 The folder is replaced whole only when everything is written, and only if it is new, empty or an
 earlier output of inference.py holding nothing else.
 """
@@ -29,8 +30,8 @@ from tqdm import tqdm
 import contract
 import outputs
 import pictures
-from data_utils import (NUM_CLASSES, LabError, MNISTDataset, ensure_writable_folder, resolve_split, run_cli,
-                        set_random_seed, to_uint8)
+from data_utils import (NUM_CLASSES, BooleanFlag, LabError, MNISTDataset, ensure_writable_folder, resolve_split,
+                        run_cli, set_random_seed, to_uint8)
 from tasks import TASK_RECORDS, canonical_task, default_checkpoint, default_output_dir
 from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint, pick_device
 
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=42, help="seed of the z ~ N(0, I) draws (default %(default)s)")
     parser.add_argument("--device", default="auto",
                         help="auto (cuda, then mps, then cpu; the default), or a torch device such as cpu")
+    parser.add_argument("--pictures", action=BooleanFlag, default=True,
+                        help="also draw recon.png, samples.png, interpolation.png and latent_map.png (default "
+                             "True); --no-pictures writes only what grade.py reads, a second sooner")
     return parser.parse_args(argv)
 
 
@@ -131,7 +135,8 @@ def main(argv=None):
     try:
         save_dir.parent.mkdir(parents=True, exist_ok=True)
         outputs.write(partial, recon, samples, info, progress=lambda items: tqdm(items, desc="write PNGs"))
-        written = pictures.write_pictures(partial, data, recon, samples, codes, decoder, task, checkpoint_path)
+        written = (pictures.write_pictures(partial, data, recon, samples, codes, decoder, task, checkpoint_path)
+                   if args.pictures else ["none, --no-pictures"])
         outputs.replace_folder(partial, save_dir)
     except BaseException as error:
         # Whatever stopped the write (disk full, Ctrl-C, an error), leave no half-written folder.

@@ -26,11 +26,11 @@ from data_utils import LabError, atomic_torch_save, load_split
 from tools import autograde, course, sandbox
 
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
-# Four honest styles, each exercising a path of the grader: latent_dim from a class attribute and from a
-# constructor default, decode one sample at a time, an embedded label. The whole corpus runs through the
-# same grader with `python -m tools.course autograde tests/submissions` (docs/course.md); here it would
-# multiply the batch's process starts, which dominate the suite's time.
-HONEST = ["class_attr_latent", "conv_own_defaults", "decode_int", "embedding_label"]
+# Two honest styles, each exercising a path of the grader that the cheats do not: a latent_dim other than
+# 8 read from the constructor's default (with an embedded label), and decode one sample at a time. The
+# whole corpus runs through the same grader with `python -m tools.course autograde tests/submissions`
+# (docs/course.md); here it would multiply the batch's process starts, which dominate the suite's time.
+HONEST = ["decode_int", "embedding_label"]
 CHEATS = ["identity_forward", "memorised_samples", "copy_samples", "writes_outside", "tamper_outputs",
           "copied_a", "copied_b"]
 BUDGET = ["--train_limit", 256, "--epochs", 1, "--batch_size", 64, "--inf_num", 200, "--eval_num", 100,
@@ -192,9 +192,7 @@ def test_honest_corpus_is_graded_without_flags(graded, tiny_valid):
                 assert float(row["Genwithlabel_fid"]) == again["fid"]
                 assert entry["copy_check"]["fraction"] <= autograde.COPY_FRACTION
         assert float(row["total"]) == pytest.approx(float(row["VAE0label_grade"]) + float(row["Genwithlabel_grade"]))
-    # latent_dim is the grader's: the constructor default read from the source, else 8
-    assert records["conv_own_defaults"]["tasks"]["VAE0label"]["latent_dim"] == 16
-    assert records["class_attr_latent"]["tasks"]["VAE0label"]["latent_dim"] == 8     # latent_dim=None -> fallback
+    # latent_dim is the grader's: the constructor default read from the source (else 8, the cheats' case)
     assert records["embedding_label"]["tasks"]["Genwithlabel"]["latent_dim"] == 32
 
 

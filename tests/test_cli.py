@@ -2,6 +2,8 @@
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from conftest import TINY_TRAIN, run
+from conftest import ROOT, TINY_TRAIN, run
 from data_utils import cal_fid, load_split
 from tasks import TASK_RECORDS, canonical_task
 
@@ -156,3 +158,11 @@ def test_grade_refuses_outputs_of_another_split(outputs, tmp_path):
     result = run("grade.py", "--VAE0label_output_dir", base / "VAE0label", "--no-Genwithlabel",
                  "--test_data_path", "test", "--result_path", tmp_path / "g.json", check=False)
     assert result.returncode == 2 and "was made from" in result.stderr and not (tmp_path / "g.json").exists()
+
+
+def test_grade_and_the_task_list_start_without_torch():
+    """grade.py needs no torch, and run.sh reads the task names from tasks.py: importing torch would add
+    seconds to every grading and every run.sh."""
+    probe = "import sys, grade, tasks; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]

@@ -22,7 +22,9 @@ TASKS = ("VAE0label", "Genwithlabel")
 # Two worker processes share the corpus. A worker takes its lab copies one after another: it imports
 # that lab's own modules (its `submission` among them, after forgetting the previous lab's) and calls the
 # scripts' main() with the arguments a user would type; each lab's output goes to its log.txt and its
-# exit status to status.txt. The CLI path, without paying torch's import once per submission.
+# exit status to status.txt. The CLI path, without paying torch's import once per submission. Inference
+# runs with --no-pictures: the pictures are for a look, tested with the reference model in
+# test_evaluation.py, and drawing them is the slowest part of a short inference.
 WORKER = """
 import contextlib, os, sys, traceback
 from pathlib import Path
@@ -41,7 +43,7 @@ for lab in labs:
                             "--epochs", "1", "--batch_size", "64", "--valid_data", split, "--eval_num", "64",
                             "--pred_step", "0", "--no-save_loss_plot", "--device", "cpu"])
                 inference.main(["--checkpoint_path", f"runs/{task}.pth", "--data_path", split, "--inf_num", "60",
-                                "--save_dir", f"out/{task}", "--device", "cpu"])
+                                "--save_dir", f"out/{task}", "--device", "cpu", "--no-pictures"])
             grade.main(["--VAE0label_output_dir", "out/VAE0label", "--Genwithlabel_output_dir", "out/Genwithlabel",
                         "--result_path", "grade_result.json"])
         except BaseException as error:
@@ -96,6 +98,7 @@ def test_every_submission_trains_infers_and_is_graded(graded, name, tiny_valid):
         folder = lab / "out" / task
         info = json.loads((folder / "hyperparams.json").read_text())
         assert info["latent_dim"] == 3 and info["num_images"] == 60
+        assert not list(folder.glob("*.png"))  # --no-pictures: only what grade.py reads
         recon = np.stack([np.asarray(Image.open(folder / "recon" / f"recon_{i}.png")) for i in range(60)])
         real = images[:60]
         mse = np.mean((real / 255.0 - recon / 255.0) ** 2)
