@@ -341,6 +341,38 @@ def test_require_isolation_refuses_in_one_line(monkeypatch, tmp_path, tiny_valid
     assert "not installed (simulated)" in str(raised.value) and not (tmp_path / "g.csv").exists()
 
 
+def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkeypatch):
+    """Both tasks share each phase's process: a task whose work raises gets its one-line error and is dropped;
+    the other goes on. A phase killed before a task was done fails that task with the phase's error."""
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the phase script puts its own folder first
+    phases_script = load_module(ROOT / "tools" / "autograde_phases.py", "phases_under_test")
+
+    def work(task, value, folder):
+        if task == "VAE0label":
+            raise RuntimeError(f"out of memory (simulated) at {value}")
+        (folder / "recon.npy").write_text(value)
+    phases_script.for_each_task([("VAE0label", "a"), ("Genwithlabel", "b")], tmp_path / "work", work)
+    assert (tmp_path / "work" / "VAE0label" / "error.txt").read_text() == "RuntimeError: out of memory (simulated) at a"
+    assert not (tmp_path / "work" / "VAE0label" / "done").exists()
+    assert (tmp_path / "work" / "Genwithlabel" / "done").is_file()
+
+    class Result:
+        def __init__(self, ok, error=None):
+            self.ok, self.error = ok, error
+    failures = []
+    for outcome, expected in ((Result(True), "RuntimeError: out of memory (simulated) at a"),
+                              (Result(False, "killed: wall-clock limit of 2 s"), "killed: wall-clock limit of 2 s")):
+        if not outcome.ok:  # the process died after Genwithlabel: VAE0label has neither done nor error.txt
+            (tmp_path / "work" / "VAE0label" / "error.txt").unlink()
+        running = {"VAE0label": "v.pth", "Genwithlabel": "g.pth"}
+        batch = type("Batch", (), {"args": type("Args", (), {"time_limit": 2})()})()
+        phases = autograde.Phases(batch, tmp_path, tmp_path, lambda *a, **k: (outcome, tmp_path / "work"),
+                                  {"tasks": {}}, running, failures.append)
+        finished = phases._run("reconstruct", "reconstruct", ["VAE0label", "Genwithlabel"], [], [])
+        assert finished == {"Genwithlabel": tmp_path / "work" / "Genwithlabel"}
+        assert running == {"Genwithlabel": "g.pth"} and failures.pop() == f"VAE0label reconstruct: {expected}"
+
+
 # ---------------------------------------------------------------- the measures on their own
 def test_source_latent_dim_reads_the_constructor_default_without_running_code():
     read = autograde.source_latent_dim
