@@ -371,6 +371,19 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
         finished = phases._run("reconstruct", "reconstruct", ["VAE0label", "Genwithlabel"], [], [])
         assert finished == {"Genwithlabel": tmp_path / "work" / "Genwithlabel"}
         assert running == {"Genwithlabel": "g.pth"} and failures.pop() == f"VAE0label reconstruct: {expected}"
+    # What a phase writes is read without following links: they would lead outside its sandbox.
+    secret = tmp_path / "grader_only.txt"
+    secret.write_text("the grader's own file")
+    (tmp_path / "work" / "VAE0label" / "error.txt").symlink_to(secret)
+    running = {"VAE0label": "v.pth"}
+    phases = autograde.Phases(batch, tmp_path, tmp_path, lambda *a, **k: (Result(True), tmp_path / "work"),
+                              {"tasks": {}}, running, failures.append)
+    assert phases._run("decode", "decode", ["VAE0label"], [], []) == {} and running == {}
+    assert failures.pop() == "VAE0label decode: error.txt is a symbolic link; a phase must write plain files"
+    (tmp_path / "work" / "Genwithlabel" / "recon.npy").unlink()
+    (tmp_path / "work" / "Genwithlabel" / "recon.npy").symlink_to(secret)
+    with pytest.raises(LabError, match="recon.npy is a symbolic link"):
+        autograde._load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", np.uint8, (1, 28, 28), "reconstruct")
 
 
 # ---------------------------------------------------------------- the measures on their own

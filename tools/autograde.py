@@ -153,9 +153,23 @@ def source_latent_dim(text: str, class_name: str):
     return find(class_name)
 
 
+def _phase_file(path: Path, what: str) -> bool:
+    """Is there a plain file at `path`, written by a phase? A symbolic link is refused: the grader would
+    follow it outside the sandbox, to another student's work or to its own files."""
+    if path.is_symlink():
+        raise LabError(f"{what}: {path.name} is a symbolic link; a phase must write plain files")
+    return path.is_file()
+
+
+def _read_error(path: Path, limit: int = 300) -> str:
+    """The first `limit` characters of a phase's error.txt (a task's one-line error)."""
+    with open(path, "rb") as handle:
+        return handle.read(limit).decode(errors="replace")
+
+
 def _load_array(path: Path, dtype, shape: tuple, what: str) -> np.ndarray:
     """A phase's .npy, checked here: exact dtype and shape, finite; LabError otherwise."""
-    if not path.is_file():
+    if not _phase_file(path, what):
         raise LabError(f"{what}: the phase wrote no {path.name}")
     expected_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if path.stat().st_size > expected_bytes + 4096:
@@ -589,13 +603,16 @@ class Phases:
         finished = {}
         for task in tasks:
             error, done = work / task / "error.txt", work / task / "done"
-            if error.is_file():
-                message = error.read_text(errors="replace")[:300]
-            elif not done.is_file():
-                message = result.error or "the phase ended before this task was done"
-            else:
-                finished[task] = work / task
-                continue
+            try:
+                if _phase_file(error, what):
+                    message = _read_error(error)
+                elif not _phase_file(done, what):
+                    message = result.error or "the phase ended before this task was done"
+                else:
+                    finished[task] = work / task
+                    continue
+            except LabError as refused:
+                message = str(refused).removeprefix(f"{what}: ")
             self.drop(task, f"{what}: {message}")
         return finished
 
@@ -623,15 +640,18 @@ class Phases:
                              file_bytes=2 << 30, use_devices=True)
         for task, folder in finished.items():
             latent_dim = self.record["tasks"][task]["latent_dim"]
+            exported = folder / "run.pth"
             try:
-                found = check_student_checkpoint(folder / "run.pth", task)
+                if exported.is_symlink() or not exported.is_file():  # a link would lead outside the sandbox
+                    raise LabError("run.pth is missing or a symbolic link")
+                found = check_student_checkpoint(exported, task)
                 if found != latent_dim:
                     raise LabError(f"it has latent_dim {found}, not {latent_dim}")
             except LabError as error:
                 self.drop(task, f"training: the exported checkpoint: {error}")
                 continue
             checkpoint = self.inputs / f"{task}.pth"
-            shutil.copyfile(folder / "run.pth", checkpoint)
+            shutil.copyfile(exported, checkpoint)
             check_student_checkpoint(checkpoint, task)
             self.running[task] = checkpoint
 
