@@ -948,7 +948,8 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
     grade.add_argument("--import_time_limit", type=float, default=120.0,
                        help="seconds for importing submission.py and checking its contract")
     grade.add_argument("--time_limit", type=float, default=3600.0,
-                       help="seconds for each training run and each other phase")
+                       help="seconds for each training run and each other phase, per task it does (a phase "
+                            "doing both tasks gets twice this)")
     grade.add_argument("--memory_gb", type=float, default=6.0, help="memory limit per process of a phase (GiB)")
     grade.add_argument("--processes", type=int, default=64, help="processes + threads per phase")
     grade.add_argument("--jobs", type=int, default=1, help="grade N students in parallel")
