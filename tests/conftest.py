@@ -31,8 +31,8 @@ def run(script, *args, check=True, folder=ROOT):
     import torch
     folder = Path(folder)
     stdout, stderr, code = io.StringIO(), io.StringIO(), 0
-    saved = (torch.get_rng_state(), np.random.get_state(), random.getstate(), torch.get_num_threads(), os.getcwd(),
-             list(sys.path), sys.argv)
+    rng_states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    threads, cwd, path, argv = torch.get_num_threads(), os.getcwd(), list(sys.path), sys.argv
     ours = {} if folder == ROOT else {name: module for name, module in sys.modules.items() if _is_lab_module(module, ROOT)}
     for name in ours:
         del sys.modules[name]
@@ -56,9 +56,9 @@ def run(script, *args, check=True, folder=ROOT):
             for name in [n for n, m in sys.modules.items() if _is_lab_module(m, folder)]:
                 del sys.modules[name]
             sys.modules.update(ours)
-        torch.set_rng_state(saved[0]), np.random.set_state(saved[1]), random.setstate(saved[2])
-        torch.set_num_threads(saved[3]), os.chdir(saved[4])
-        sys.path[:], sys.argv = saved[5], saved[6]
+        torch.set_rng_state(rng_states[0]), np.random.set_state(rng_states[1]), random.setstate(rng_states[2])
+        torch.set_num_threads(threads), os.chdir(cwd)
+        sys.path[:], sys.argv = path, argv
     result = subprocess.CompletedProcess([script, *map(str, args)], code, stdout.getvalue(), stderr.getvalue())
     if check and code != 0:
         raise AssertionError(f"{script} {args} exited {code}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
