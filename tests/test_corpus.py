@@ -13,44 +13,46 @@ import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from conftest import run
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
 LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "tasks.py", "trainer.py", "train.py", "inference.py", "grade.py",
              "outputs.py", "pictures.py", "evaluation.py", "classifier.py", "model.py"]
 TASKS = ("VAE0label", "Genwithlabel")
 
-# Two worker processes share the corpus. A worker takes its lab copies one after another: it imports
-# that lab's own modules (its `submission` among them, after forgetting the previous lab's) and calls the
-# scripts' main() with the arguments a user would type; each lab's output goes to its log.txt and its
-# exit status to status.txt. The CLI path, without paying torch's import once per submission. Inference
-# runs with --no-pictures: the pictures are for a look, tested with the reference model in
-# test_evaluation.py, and drawing them is the slowest part of a short inference.
-WORKER = """
-import contextlib, os, sys, traceback
-from pathlib import Path
-split, labs = sys.argv[1], sys.argv[2:]
-for lab in labs:
-    for name in [n for n, m in sys.modules.items() if str(getattr(m, "__file__", "") or "").startswith(str(Path(lab).parent))]:
-        del sys.modules[name]
-    sys.path[0] = lab
-    os.chdir(lab)
-    status = 0
-    with open("log.txt", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        try:
-            import train, inference, grade
-            for task in ("VAE0label", "Genwithlabel"):
-                train.main(["--task", task, "--latent_dim", "3", "--save_dir", f"runs/{task}", "--limit", "192",
-                            "--epochs", "1", "--batch_size", "64", "--valid_data", split, "--eval_num", "64",
-                            "--pred_step", "0", "--no-save_loss_plot", "--device", "cpu"])
-                inference.main(["--checkpoint_path", f"runs/{task}.pth", "--data_path", split, "--inf_num", "60",
-                                "--save_dir", f"out/{task}", "--device", "cpu", "--no-pictures"])
-            grade.main(["--VAE0label_output_dir", "out/VAE0label", "--Genwithlabel_output_dir", "out/Genwithlabel",
-                        "--result_path", "grade_result.json"])
-        except BaseException as error:
-            traceback.print_exc()
-            status = error.code if isinstance(error, SystemExit) and isinstance(error.code, int) else 1
-    Path("status.txt").write_text(str(status))
-"""
+# Two worker processes share the corpus. A worker takes its lab copies one after another and runs the
+# commands a user would type there through conftest.run (each lab's own modules, its `submission` among
+# them); each lab's output goes to its log.txt and its exit status to status.txt. The CLI path, without
+# paying torch's import once per submission. Inference runs with --no-pictures: the pictures are for a
+# look, tested with the reference model in test_evaluation.py, and drawing them is the slowest part of
+# a short inference.
+WORKER = "import sys; sys.path.insert(0, sys.argv[1]); import test_corpus; test_corpus.work(sys.argv[2], sys.argv[3:])"
+
+
+def commands(split):
+    for task in TASKS:
+        yield ("train.py", "--task", task, "--latent_dim", 3, "--save_dir", f"runs/{task}", "--limit", 192, "--epochs", 1,
+               "--batch_size", 64, "--valid_data", split, "--eval_num", 64, "--pred_step", 0, "--no-save_loss_plot",
+               "--device", "cpu")
+        yield ("inference.py", "--checkpoint_path", f"runs/{task}.pth", "--data_path", split, "--inf_num", 60,
+               "--save_dir", f"out/{task}", "--device", "cpu", "--no-pictures")
+    yield ("grade.py", "--VAE0label_output_dir", "out/VAE0label", "--Genwithlabel_output_dir", "out/Genwithlabel",
+           "--result_path", "grade_result.json")
+
+
+def work(split, labs):
+    """A worker's job: the commands in each lab in turn, stopping a lab at its first failing command."""
+    for lab in map(Path, labs):
+        status, log = 0, []
+        for script, *args in commands(split):
+            result = run(script, *args, check=False, folder=lab)
+            log += [result.stdout, result.stderr]
+            if result.returncode != 0:
+                status = result.returncode
+                break
+        (lab / "log.txt").write_text("".join(log))
+        (lab / "status.txt").write_text(str(status))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,8 @@ def graded(tmp_path_factory, tiny_valid):
         labs[path.stem] = lab
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PATH": "/usr/bin:/bin"}
     folders = [str(lab) for lab in labs.values()]
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(tiny_valid), *folders[i::2]], cwd=base, env=env,
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(ROOT / "tests"), str(tiny_valid), *folders[i::2]],
+                                cwd=base, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     crashes = [worker.communicate(timeout=900)[0] for worker in workers]
     results = {}

@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line  # noqa: E402
-from data_utils import LabError, atomic_write_bytes, load_split, resolve_split, run_cli  # noqa: E402
+from data_utils import IMAGE_SHAPE, NUM_CLASSES, LabError, atomic_write_bytes, load_split, resolve_split, run_cli  # noqa: E402
 from tasks import LATENT_RANGE, MODEL_FOR_TASK, TASK_RECORDS, TASKS  # noqa: E402
 from tools import sandbox  # noqa: E402
 
@@ -153,11 +153,11 @@ def source_latent_dim(text: str, class_name: str):
     return find(class_name)
 
 
-def _phase_file(path: Path, what: str) -> bool:
+def _phase_file(path: Path) -> bool:
     """Is there a plain file at `path`, written by a phase? A symbolic link is refused: the grader would
     follow it outside the sandbox, to another student's work or to its own files."""
     if path.is_symlink():
-        raise LabError(f"{what}: {path.name} is a symbolic link; a phase must write plain files")
+        raise LabError(f"{path.name} is a symbolic link; a phase must write plain files")
     return path.is_file()
 
 
@@ -169,7 +169,11 @@ def _read_error(path: Path, limit: int = 300) -> str:
 
 def _load_array(path: Path, dtype, shape: tuple, what: str) -> np.ndarray:
     """A phase's .npy, checked here: exact dtype and shape, finite; LabError otherwise."""
-    if not _phase_file(path, what):
+    try:
+        written = _phase_file(path)
+    except LabError as error:
+        raise LabError(f"{what}: {error}") from None
+    if not written:
         raise LabError(f"{what}: the phase wrote no {path.name}")
     expected_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if path.stat().st_size > expected_bytes + 4096:
@@ -604,17 +608,29 @@ class Phases:
         for task in tasks:
             error, done = work / task / "error.txt", work / task / "done"
             try:
-                if _phase_file(error, what):
+                if _phase_file(error):
                     message = _read_error(error)
-                elif not _phase_file(done, what):
+                elif not _phase_file(done):
                     message = result.error or "the phase ended before this task was done"
                 else:
                     finished[task] = work / task
                     continue
             except LabError as refused:
-                message = str(refused).removeprefix(f"{what}: ")
+                message = str(refused)
             self.drop(task, f"{what}: {message}")
         return finished
+
+    def _arrays(self, finished, what, files):
+        """{task: {file: array}} for the finished tasks whose `files` (name -> (dtype, shape of a task)) all
+        pass _load_array's checks; a task with one that does not is dropped with its error."""
+        arrays = {}
+        for task, folder in finished.items():
+            try:
+                arrays[task] = {name: _load_array(folder / name, dtype, shape(task), what)
+                                for name, (dtype, shape) in files.items()}
+            except LabError as error:
+                self.drop(task, str(error))
+        return arrays
 
     def drop(self, task, message):
         self.fail(f"{task} {message}")
@@ -642,8 +658,8 @@ class Phases:
             latent_dim = self.record["tasks"][task]["latent_dim"]
             exported = folder / "run.pth"
             try:
-                if exported.is_symlink() or not exported.is_file():  # a link would lead outside the sandbox
-                    raise LabError("run.pth is missing or a symbolic link")
+                if not _phase_file(exported):
+                    raise LabError("the phase wrote no run.pth")
                 found = check_student_checkpoint(exported, task)
                 if found != latent_dim:
                     raise LabError(f"it has latent_dim {found}, not {latent_dim}")
@@ -657,27 +673,25 @@ class Phases:
 
     def reconstruct(self):
         """forward on the first `num` grading images: {task: recon uint8 [N,28,28]}, {task: codes [N, D]}."""
-        recon, codes, tasks, n = {}, {}, list(self.running), self.batch.num
+        tasks, n = list(self.running), self.batch.num
         if not tasks:
-            return recon, codes
+            return {}, {}
         command = [PHASE_SCRIPT, "reconstruct", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
                    "--data", self.batch.grading_path, "--num", n, "--out", self.base / "reconstruct",
                    "--seed", self.args.seed]
         read_only = [self.running[t] for t in tasks] + self.batch.read_only_split(self.batch.grading_path)
-        for task, folder in self._run("reconstruct", "reconstruct", tasks, command, read_only).items():
-            try:
-                recon[task] = _load_array(folder / "recon.npy", np.uint8, (n, 28, 28), "reconstruct")
-                codes[task] = _load_array(folder / "codes.npy", np.float32,
-                                          (n, self.record["tasks"][task]["latent_dim"]), "reconstruct")
-            except LabError as error:
-                self.drop(task, str(error))
-        return recon, codes
+        finished = self._run("reconstruct", "reconstruct", tasks, command, read_only)
+        arrays = self._arrays(finished, "reconstruct", {
+            "recon.npy": (np.uint8, lambda task: (n, *IMAGE_SHAPE)),
+            "codes.npy": (np.float32, lambda task: (n, self.record["tasks"][task]["latent_dim"]))})
+        return ({task: a["recon.npy"] for task, a in arrays.items()},
+                {task: a["codes.npy"] for task, a in arrays.items()})
 
     def decode(self, codes):
         """decode(mu, label) of the grader's own copy of the codes, in a process that sees no image."""
-        verified, tasks, n = {}, [task for task in self.running if task in codes], self.batch.num
+        tasks, n = [task for task in self.running if task in codes], self.batch.num
         if not tasks:
-            return verified
+            return {}
         feed = self.inputs / "decode"
         for task in tasks:
             (feed / task).mkdir(parents=True)
@@ -685,33 +699,25 @@ class Phases:
             np.save(feed / task / "labels.npy", self.batch.labels.astype(np.int64), allow_pickle=False)
         command = [PHASE_SCRIPT, "decode", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
                    "--inputs", feed, "--out", self.base / "decode", "--seed", self.args.seed]
-        for task, folder in self._run("decode", "decode", tasks, command,
-                                      [self.running[t] for t in tasks] + [feed]).items():
-            try:
-                verified[task] = _load_array(folder / "verified.npy", np.uint8, (n, 28, 28), "decode")
-            except LabError as error:
-                self.drop(task, str(error))
-        return verified
+        finished = self._run("decode", "decode", tasks, command, [self.running[t] for t in tasks] + [feed])
+        arrays = self._arrays(finished, "decode", {"verified.npy": (np.uint8, lambda task: (n, *IMAGE_SHAPE))})
+        return {task: a["verified.npy"] for task, a in arrays.items()}
 
     def generate(self):
         """decode(z ~ N(0, I), label), samples_per_label per label, for the conditional tasks (their grade has
         an FID term), in a process that has seen neither an image nor a code of one."""
-        samples = {}
         tasks = [task for task in self.running if TASK_RECORDS[task].conditional]
         if not tasks:
-            return samples
+            return {}
         per_label = {TASK_RECORDS[task].samples_per_label for task in tasks}
         assert len(per_label) == 1, "one --per_label for every task of the phase"
         per_label = per_label.pop()
         command = [PHASE_SCRIPT, "generate", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
                    "--per_label", per_label, "--seed", self.args.seed, "--out", self.base / "generate"]
-        for task, folder in self._run("generate", "generate", tasks, command,
-                                      [self.running[t] for t in tasks]).items():
-            try:
-                samples[task] = _load_array(folder / "samples.npy", np.uint8, (10, per_label, 28, 28), "generate")
-            except LabError as error:
-                self.drop(task, str(error))
-        return samples
+        finished = self._run("generate", "generate", tasks, command, [self.running[t] for t in tasks])
+        arrays = self._arrays(finished, "generate",
+                              {"samples.npy": (np.uint8, lambda task: (NUM_CLASSES, per_label, *IMAGE_SHAPE))})
+        return {task: a["samples.npy"] for task, a in arrays.items()}
 
 
 def grade_task(task, entry, recon, verified, samples, batch, flags):
