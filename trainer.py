@@ -26,6 +26,9 @@ from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, at
 from submission import vae_loss
 from tasks import LATENT_RANGE, build_model
 
+# The loss curve of a run in progress is redrawn at most this often (Trainer.end_epoch).
+PLOT_EVERY_S = 30.0
+
 
 @dataclass
 class TrainConfig:
@@ -82,12 +85,17 @@ class Trainer:
         self.autocast_dtype = pick_autocast_dtype(config.precision, self.device)
         self.model_kwargs = {"latent_dim": config.latent_dim}
         self.model = (model or build_model(config.model, **self.model_kwargs)).to(self.device)
-        self.optimizer = torch.optim.Adam(contract.require_parameters(self.model), lr=config.lr)
+        parameters = contract.require_parameters(self.model)
+        try:  # the fused Adam: the same update, one kernel for all weights instead of a dozen calls each
+            self.optimizer = torch.optim.Adam(parameters, lr=config.lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # parameters it does not support (an older torch, a dtype)
+            self.optimizer = torch.optim.Adam(parameters, lr=config.lr)
         self.train_data, self.valid_data = train_data, valid_data
         self.save_dir = Path(config.save_dir)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.train_losses, self.valid_losses = [], []  # per step; [step, loss] pairs
         self._stop_signal = None
+        self._plotted_at = None  # perf_counter() of the last loss plot
 
     # -------------------------------------------------------------- the loop
     def train(self, save_loss_plot=True, show_loss_plot=False):
@@ -143,8 +151,13 @@ class Trainer:
                            f"lower --lr or raise --var; the last good checkpoint in {self.save_dir} is kept")
         self.epoch, self.batch_in_epoch = epoch, 0
         path = self.save_epoch_checkpoint()
-        if save_loss_plot:
+        # Drawing the curve costs about half a second, which adds up over many short epochs: it is
+        # redrawn after the first epoch this process trains, after the last, and at most every
+        # PLOT_EVERY_S seconds between.
+        if save_loss_plot and (epoch == self.config.epochs or self._plotted_at is None
+                               or time.perf_counter() - self._plotted_at >= PLOT_EVERY_S):
             self.save_loss_plot()
+            self._plotted_at = time.perf_counter()
         seconds = time.perf_counter() - self.started
         tqdm.write(f"epoch {epoch}: train loss {np.mean(self.train_losses[-batches_per_epoch:]):.2f}"
                    + (f", valid loss {self.valid_losses[-1][1]:.2f}" if self.valid_losses else "")

@@ -9,7 +9,8 @@ lab's grade_arrays, with its training seconds and images/s: the measurements beh
 
 --arch: conv:WIDTH,HIDDEN (submission.py's layout: two stride-2 convolutions of WIDTH and 2 WIDTH
 channels, a HIDDEN-unit layer; mirrored in the decoder), mlp:H1,H2,... (fully connected),
-hybrid:WIDTH,HIDDEN (an MLP encoder, the conv decoder). The learning rate rises linearly over the
+hybrid:WIDTH,HIDDEN (an MLP encoder, the conv decoder), mlpl:H1,H2,... (an MLP whose decoder
+layers each see the label). The learning rate rises linearly over the
 first --warmup share of the steps, then follows a cosine to lr/50. A conditional model's samples
 are drawn from a Gaussian fitted to each class's training codes (as GenModel's statistics do).
 Prints one JSON line per run. Run it alone: images/s beside another job mean nothing.
@@ -86,6 +87,23 @@ class MLP(Candidate):
         return self.squash(self.decoder(self.condition(z, labels))).reshape(-1, 28, 28)
 
 
+class MLPLabelEveryLayer(MLP):
+    """mlpl: as mlp, but the decoder's every layer sees the one-hot label, not only its first."""
+
+    def __init__(self, latent_dim, hidden, conditional):
+        super().__init__(latent_dim, hidden, conditional)
+        linears = [m for m in self.decoder if isinstance(m, nn.Linear)]
+        self.decoder = nn.ModuleList(
+            [linears[0]] + [nn.Linear(m.in_features + self.extra, m.out_features) for m in linears[1:]])
+
+    def decode(self, z, labels):
+        h = z
+        for i, linear in enumerate(self.decoder):
+            h = linear(self.condition(h, labels))
+            h = act()(h) if i < len(self.decoder) - 1 else h
+        return self.squash(h).reshape(-1, 28, 28)
+
+
 class Conv(Candidate):
     def __init__(self, latent_dim, width, hidden, conditional):
         super().__init__(conditional)
@@ -119,8 +137,8 @@ class Hybrid(Conv):
 def build(arch: str, latent_dim: int, conditional: bool) -> nn.Module:
     kind, _, numbers = arch.partition(":")
     sizes = [int(n) for n in numbers.split(",") if n]
-    if kind == "mlp" and sizes:
-        return MLP(latent_dim, sizes, conditional)
+    if kind in ("mlp", "mlpl") and sizes:
+        return (MLP if kind == "mlp" else MLPLabelEveryLayer)(latent_dim, sizes, conditional)
     if kind in ("conv", "hybrid") and len(sizes) == 2:
         return (Conv if kind == "conv" else Hybrid)(latent_dim, *sizes, conditional)
     raise SystemExit(f"error: --arch {arch}: use conv:WIDTH,HIDDEN, hybrid:WIDTH,HIDDEN or mlp:H1,H2,...")
@@ -178,11 +196,16 @@ def train_and_grade(args):
     grader = Grader("Genwithlabel" if args.conditional else "VAE0label")
     samples = class_gaussian_samples(model, train, args.latent_dim) if args.conditional else None
     result = grader(model, args.latent_dim, samples)
+    if args.conditional:  # how legible the samples are: the share the project's classifier reads as their label
+        from classifier import classify, load_classifier
+        predictions = classify(load_classifier()[0], samples.reshape(-1, 28, 28))[1]
+        result["label_accuracy"] = float((predictions == np.repeat(np.arange(NUM_CLASSES), samples.shape[1])).mean())
     row = {"arch": args.arch, "output": args.output, "conditional": args.conditional, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr, "var": args.var, "train_seconds": round(seconds, 1),
            "images_per_s": round(step * args.batch_size / seconds), "ssim": round(result["ssim"], 4),
            "mse": round(result["mse"], 5), "fid": round(result["fid"], 3) if "fid" in result else None,
-           "grade_uncapped": round(result["score_uncapped"], 3), "threads": torch.get_num_threads()}
+           "grade_uncapped": round(result["score_uncapped"], 3), "label_accuracy": result.get("label_accuracy"),
+           "threads": torch.get_num_threads()}
     print(json.dumps(row), flush=True)
 
 

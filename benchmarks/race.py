@@ -3,6 +3,7 @@
     python benchmarks/race.py                            # VAE0label: ours, the handout's, pytorch/examples'
     python benchmarks/race.py --task Genwithlabel --contestants ours handout
     python benchmarks/race.py --epochs_scale 0.2         # a quick try (fewer epochs for everyone)
+    python benchmarks/race.py --device cuda              # the same race on a GPU (default: auto)
 
 Contestants, each trained on the 50,000 training images and graded after every epoch on the
 validation split by the lab's grade (grade.grade_arrays on inference's reconstructions and samples):
@@ -34,7 +35,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import contract  # noqa: E402
-from checkpoint import pick_autocast_dtype  # noqa: E402
+from checkpoint import pick_autocast_dtype, pick_device  # noqa: E402
 from data_utils import IMAGE_PIXELS, MNISTDataset, atomic_write_bytes, run_cli, to_uint8  # noqa: E402
 from grade import grade_arrays  # noqa: E402
 from inference import generate  # noqa: E402
@@ -74,23 +75,24 @@ def examples_loss(recon_x, x, mu, log_var):
 class Grader:
     """Grades a model on the validation split the way inference.py + grade.py would."""
 
-    def __init__(self, task: str):
-        self.task, self.record = task, TASK_RECORDS[task]
+    def __init__(self, task: str, device=torch.device("cpu")):
+        self.task, self.record, self.device = task, TASK_RECORDS[task], device
         self.valid = MNISTDataset("valid")
         self.images = to_uint8(self.valid.images.squeeze(1))
 
     @torch.no_grad()
     def __call__(self, model, latent_dim: int, samples=None) -> dict:
-        """samples: uint8 [10, K, 28, 28] drawn by the caller; by default inference's decode(z ~ N(0, I), c)."""
+        """samples: uint8 [10, K, 28, 28] drawn by the caller; by default inference's decode(z ~ N(0, I), c).
+        The model is run on the grader's device."""
         was_training = model.training
         model.eval()
         recon = np.concatenate([
-            to_uint8(contract.reconstruct(model, self.valid.images[i:i + 1000], self.valid.labels[i:i + 1000],
-                                          latent_dim)[0])
+            to_uint8(contract.reconstruct(model, self.valid.images[i:i + 1000].to(self.device),
+                                          self.valid.labels[i:i + 1000].to(self.device), latent_dim)[0])
             for i in range(0, len(self.valid), 1000)])
         if self.record.conditional and samples is None:
             samples = generate(contract.Decoder(model, latent_dim), latent_dim, self.record.samples_per_label,
-                               seed=42, device=torch.device("cpu"))
+                               seed=42, device=self.device)
         result = grade_arrays(self.task, self.images, self.valid.labels.numpy(), recon, samples, latent_dim)
         model.train(was_training)
         return result
@@ -126,13 +128,15 @@ def race_trainer(contestant, task, settings, grader, epochs_scale, folder, say):
     """ours / handout: the lab's Trainer, graded at the end of every epoch with the clock paused."""
     rows = []
     epochs = max(1, round(settings.get("epochs", TrainConfig.epochs) * epochs_scale))
-    config = TrainConfig(task=task, save_dir=str(folder / contestant), **dict(settings, epochs=epochs))
+    config = TrainConfig(task=task, save_dir=str(folder / contestant), device=str(grader.device),
+                         **dict(settings, epochs=epochs))
     train_data, valid_data = MNISTDataset(config.train_data), MNISTDataset(config.valid_data)
     torch.manual_seed(config.seed)
 
     class GradedTrainer(Trainer):
         def end_epoch(self, epoch, batches_per_epoch, save_loss_plot):
             super().end_epoch(epoch, batches_per_epoch, save_loss_plot)
+            synchronize(grader.device)  # the epoch's queued GPU work is training time
             with clock.pause():
                 result = grader(self.model, config.latent_dim)
             rows.append(row_of(contestant, epoch, clock.seconds(), epoch * len(train_data), config.latent_dim, result))
@@ -149,18 +153,20 @@ def race_examples(task, grader, epochs_scale, say):
     rows = []
     torch.manual_seed(42)
     train_data = MNISTDataset("train")
-    model = ExamplesVAE(EXAMPLES["latent_dim"])
+    model = ExamplesVAE(EXAMPLES["latent_dim"]).to(grader.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=EXAMPLES["lr"])
     epochs = max(1, round(EXAMPLES["epochs"] * epochs_scale))
     clock = Clock()
     for epoch in range(1, epochs + 1):
         model.train()
         for images, labels in train_data.batches(EXAMPLES["batch_size"], shuffle=True):
+            images = images.to(grader.device)
             recon_x, mu, log_var = model(images, labels)
             loss = examples_loss(recon_x, images, mu, log_var)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        synchronize(grader.device)
         with clock.pause():
             result = grader(model, EXAMPLES["latent_dim"])
         rows.append(row_of("examples", epoch, clock.seconds(), epoch * len(train_data), EXAMPLES["latent_dim"], result))
@@ -168,22 +174,34 @@ def race_examples(task, grader, epochs_scale, say):
     return rows, model, EXAMPLES["batch_size"]
 
 
-def matmul_limit(dtype, size=(1024, 784, 400), seconds=2.0) -> float:
-    """GFLOP/s of a [1024,784] @ [784,400] matmul, repeated for `seconds`."""
-    a, b = torch.rand(size[0], size[1]).to(dtype), torch.rand(size[1], size[2]).to(dtype)
+def matmul_limit(dtype, device=torch.device("cpu"), size=(1024, 784, 400), seconds=2.0) -> float:
+    """GFLOP/s of a [1024,784] @ [784,400] matmul on `device`, repeated for `seconds`."""
+    a = torch.rand(size[0], size[1], device=device).to(dtype)
+    b = torch.rand(size[1], size[2], device=device).to(dtype)
     for _ in range(5):
         a @ b
+    synchronize(device)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        a @ b
-        count += 1
+        for _ in range(10):  # on a GPU one matmul is microseconds: time them in tens
+            a @ b
+        synchronize(device)
+        count += 10
     return 2 * size[0] * size[1] * size[2] * count / (time.perf_counter() - started) / 1e9
+
+
+def synchronize(device) -> None:
+    """Wait for the GPU's queued work, so that the clock measures it (nothing to wait for on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def flops_per_image(model, batch_size: int, latent_dim: int) -> float:
     """FLOPs of one training step (forward, backward) per image, counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
-    images, labels = torch.rand(batch_size, 1, 28, 28), torch.randint(0, 10, (batch_size,))
+    device = next(model.parameters()).device
+    images = torch.rand(batch_size, 1, 28, 28, device=device)
+    labels = torch.randint(0, 10, (batch_size,), device=device)
     model.train()
     with FlopCounterMode(display=False) as counter:
         recon_x, mu, log_var = model(images, labels)
@@ -197,7 +215,13 @@ def time_to_full_marks(rows, cap):
     return min(reached) if reached else None
 
 
-def write_results(out: Path, task: str, rows: list, summary: list, limits: dict) -> None:
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{torch.get_num_threads()} CPU threads"
+
+
+def write_results(out: Path, task: str, rows: list, summary: list, limits: dict, device) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -205,7 +229,7 @@ def write_results(out: Path, task: str, rows: list, summary: list, limits: dict)
     writer.writerows(rows)
     atomic_write_bytes(out.with_suffix(".csv"), buffer.getvalue().encode())
     lines = [f"# Grade against seconds of training: {task}, validation split", "",
-             f"`python benchmarks/race.py --task {task}`; {torch.get_num_threads()} CPU threads; matmul limit "
+             f"`python benchmarks/race.py --task {task} --device {device.type}`; {device_name(device)}; matmul limit "
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in limits.items()) + ".", "",
              "| contestant | epoch | train s | images/s | latent_dim | SSIM | MSE | FID | grade | uncapped |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -243,16 +267,21 @@ def main(argv=None):
                         choices=["ours", "handout", "examples"], help="who races (default: all three)")
     parser.add_argument("--epochs_scale", type=float, default=1.0,
                         help="multiply every contestant's epochs (at least 1 each; default %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="where every contestant trains and is graded: auto (a GPU if there is one), cpu, cuda "
+                             "(default %(default)s)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results prefix (default benchmarks/results/race_<task>)")
     args = parser.parse_args(argv)
     task = canonical_task(args.task)
     out = args.out or ROOT / "benchmarks" / "results" / f"race_{task}"
-    limits = {"fp32": matmul_limit(torch.float32)}
-    if pick_autocast_dtype("auto", torch.device("cpu")) is not None:
-        limits["bf16"] = matmul_limit(torch.bfloat16)
-    print("matmul limit: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in limits.items()), flush=True)
-    grader = Grader(task)
+    device = pick_device(args.device)
+    limits = {"fp32": matmul_limit(torch.float32, device)}
+    if pick_autocast_dtype("auto", device) is not None:
+        limits["bf16"] = matmul_limit(torch.bfloat16, device)
+    print(f"{device_name(device)}; matmul limit: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in limits.items()),
+          flush=True)
+    grader = Grader(task, device)
     rows, summary = [], []
 
     def say(row):
@@ -272,7 +301,7 @@ def main(argv=None):
             summary.append({"contestant": contestant, "full_marks_s": time_to_full_marks(mine, TASK_RECORDS[task].cap),
                             "images_per_s": rate, "flops_per_image": flops,
                             "share": rate * flops / (limits["fp32"] * 1e9)})
-    write_results(out, task, rows, summary, limits)
+    write_results(out, task, rows, summary, limits, device)
     print(out.with_suffix(".md").read_text())
     print(f"wrote {out}.csv, {out}.md and {out}.png")
 

@@ -81,6 +81,9 @@ MUTANTS = [
      "        except Exception as error:\n            traceback.print_exc()",
      "        except ZeroDivisionError as error:\n            traceback.print_exc()",
      ["tests/test_autograde.py::test_a_task_failing_in_a_phase_leaves_the_other_task_graded"]),
+    ("the code statistics pull a class absent from the batch towards 0", "submission.py",
+     "weight = self.momentum * (counts > 0).float()", "weight = self.momentum * torch.ones_like(counts)",
+     ["tests/test_models.py"]),
 ]
 
 

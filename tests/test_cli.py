@@ -166,3 +166,18 @@ def test_grade_and_the_task_list_start_without_torch():
     probe = "import sys, grade, tasks; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+def test_the_race_benchmark_measures_on_the_device_it_is_given():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import race
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cpu = torch.device("cpu")
+    assert race.matmul_limit(torch.float32, cpu, seconds=0.05) > 0.1  # GFLOP/s: any machine does more
+    assert race.device_name(cpu).endswith("CPU threads")
+    if torch.cuda.is_available():
+        return  # the refusal below is about a machine without CUDA
+    result = run("benchmarks/race.py", "--device", "cuda", check=False)
+    assert result.returncode == 2 and "--device cuda" in result.stderr and "Traceback" not in result.stderr

@@ -110,3 +110,30 @@ def test_the_learning_rate_schedule_by_hand(tmp_path):
     assert trainer.lr_at(10, 11) == pytest.approx(1e-4)
     assert trainer.lr_at(5, 11) == pytest.approx((2e-3 + 1e-4) / 2)
     assert make_trainer(tmp_path, epochs=1, lr_schedule="constant").lr_at(7, 11) == pytest.approx(2e-3)
+
+
+@pytest.mark.parametrize("every_s, plotted_after", [(1e9, [1, 4]), (0.0, [1, 2, 3, 4])])
+def test_the_loss_curve_is_redrawn_after_the_first_and_last_epoch_and_at_most_every_plot_every_s(
+        tmp_path, monkeypatch, every_s, plotted_after):
+    import trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "PLOT_EVERY_S", every_s)
+    trainer = make_trainer(tmp_path, epochs=4, pred_step=0)
+    plotted = []
+    monkeypatch.setattr(trainer, "save_loss_plot", lambda show=False: plotted.append(trainer.epoch))
+    trainer.train(save_loss_plot=True)
+    assert plotted == plotted_after
+
+
+def test_the_trainer_uses_the_fused_adam_and_falls_back_where_torch_refuses_it(tmp_path, monkeypatch):
+    assert make_trainer(tmp_path, epochs=1).optimizer.defaults["fused"] is True
+    plain_adam = torch.optim.Adam
+
+    def adam_without_fused(parameters, fused=None, **settings):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return plain_adam(parameters, **settings)
+    monkeypatch.setattr(torch.optim, "Adam", adam_without_fused)
+    trainer = make_trainer(tmp_path, epochs=1)
+    assert not trainer.optimizer.defaults.get("fused")
+    trainer.train(save_loss_plot=False)   # and it trains
+    assert trainer.step == 6
