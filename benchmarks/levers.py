@@ -6,6 +6,7 @@ lab's grade_arrays, with its training seconds and images/s: the measurements beh
     python benchmarks/levers.py --arch conv:16,256 --epochs 14 --lr 3e-3 --conditional
     python benchmarks/levers.py --arch mlp:512,256 --epochs 15 --batch_size 256
     python benchmarks/levers.py --throughput       # images/s of each candidate, random data
+    python benchmarks/levers.py --compile          # submission.py's models, eager and torch.compile
 
 --arch: conv:WIDTH,HIDDEN (submission.py's layout: two stride-2 convolutions of WIDTH and 2 WIDTH
 channels, a HIDDEN-unit layer; mirrored in the decoder), mlp:H1,H2,... (fully connected),
@@ -233,6 +234,38 @@ def throughput(seconds=6.0):
                               "threads": torch.get_num_threads()}), flush=True)
 
 
+def compile_throughput(steps=150, batch_size=128):
+    """submission.py's VAE and GenModel, eager and under torch.compile: the first step's seconds (where
+    compiling happens) and the training images/s after 10 more steps, random images, the fused Adam."""
+    import submission
+    x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
+    for name in ("VAE", "GenModel"):
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            model = getattr(submission, name)(latent_dim=8)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+            run = torch.compile(model) if compiled else model
+
+            def step():
+                index = torch.randint(0, len(x), (batch_size,))
+                recon_x, mu, log_var = run(x[index], labels[index])
+                loss = vae_loss(recon_x, x[index], mu, log_var, 0.01)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            started = time.perf_counter()
+            step()
+            first = time.perf_counter() - started
+            for _ in range(10):
+                step()
+            started = time.perf_counter()
+            for _ in range(steps):
+                step()
+            print(json.dumps({"model": name, "torch_compile": compiled, "first_step_s": round(first, 1),
+                              "images_per_s": round(steps * batch_size / (time.perf_counter() - started)),
+                              "threads": torch.get_num_threads()}), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="conv:32,256", help="conv:W,H, hybrid:W,H or mlp:H1,H2 (default %(default)s)")
@@ -247,8 +280,12 @@ def main(argv=None):
     parser.add_argument("--output", choices=("sigmoid", "clamp", "linear"), default="sigmoid",
                         help="the decoder's last step to pixel means (Candidate's docstring; default %(default)s)")
     parser.add_argument("--throughput", action="store_true", help="only images/s of each candidate on random data")
+    parser.add_argument("--compile", action="store_true",
+                        help="only images/s of submission.py's models, eager and under torch.compile")
     args = parser.parse_args(argv)
-    if args.throughput:
+    if args.compile:
+        compile_throughput()
+    elif args.throughput:
         throughput()
     else:
         train_and_grade(args)
