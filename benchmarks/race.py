@@ -14,8 +14,8 @@ validation split by the lab's grade (grade.grade_arrays on inference's reconstru
             cross-entropy summed over pixels plus the KL, batch 128, Adam lr 1e-3, 10 epochs,
             in a bare loop of its own (graded by the same formula)
 The clock counts training only: it stops while a model is graded. The run also measures the
-machine's matmul limit (fp32 and, where fast, bf16) and each model's FLOPs per training image, so
-images/s can be read against it. Writes OUT.csv (one row per graded epoch), OUT.md and OUT.png.
+machine's matmul limit (fp32, and bf16, which the trainer uses only where it is fast) and each
+model's FLOPs per training image, so images/s can be read against it. Writes OUT.csv (one row per graded epoch), OUT.md and OUT.png.
 Run it alone on the machine: timings taken beside another job mean nothing.
 """
 import argparse
@@ -277,8 +277,9 @@ def main(argv=None):
     out = args.out or ROOT / "benchmarks" / "results" / f"race_{task}"
     device = pick_device(args.device)
     limits = {"fp32": matmul_limit(torch.float32, device)}
-    if pick_autocast_dtype("auto", device) is not None:
-        limits["bf16"] = matmul_limit(torch.bfloat16, device)
+    # bf16 is measured everywhere; where the hardware has no fast bf16 the trainer does not use it
+    bf16 = "bf16" if pick_autocast_dtype("auto", device) is not None else "bf16 (slow here, not used)"
+    limits[bf16] = matmul_limit(torch.bfloat16, device)
     print(f"{device_name(device)}; matmul limit: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in limits.items()),
           flush=True)
     grader = Grader(task, device)
