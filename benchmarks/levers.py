@@ -142,7 +142,7 @@ def build(arch: str, latent_dim: int, conditional: bool) -> nn.Module:
         return (MLP if kind == "mlp" else MLPLabelEveryLayer)(latent_dim, sizes, conditional)
     if kind in ("conv", "hybrid") and len(sizes) == 2:
         return (Conv if kind == "conv" else Hybrid)(latent_dim, *sizes, conditional)
-    raise SystemExit(f"error: --arch {arch}: use conv:WIDTH,HIDDEN, hybrid:WIDTH,HIDDEN or mlp:H1,H2,...")
+    raise SystemExit(f"error: --arch {arch}: use conv:WIDTH,HIDDEN, hybrid:WIDTH,HIDDEN, mlp:H1,H2,... or mlpl:H1,H2,...")
 
 
 def lr_at(step, total, lr, warmup):
@@ -268,7 +268,7 @@ def compile_throughput(steps=150, batch_size=128):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="conv:32,256", help="conv:W,H, hybrid:W,H or mlp:H1,H2 (default %(default)s)")
+    parser.add_argument("--arch", default="conv:32,256", help="conv:W,H, hybrid:W,H, mlp:H1,H2 or mlpl:H1,H2 (default %(default)s)")
     parser.add_argument("--conditional", action="store_true", help="a CVAE graded as Genwithlabel (default: VAE0label)")
     parser.add_argument("--latent_dim", type=int, default=8, help="(default %(default)s)")
     parser.add_argument("--epochs", type=float, default=4, help="may be fractional (default %(default)s)")
