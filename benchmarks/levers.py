@@ -210,6 +210,16 @@ def train_and_grade(args):
     print(json.dumps(row), flush=True)
 
 
+def random_step(model, optimizer, x, labels, batch_size):
+    """One training step on a random batch of x: the unit the throughput measurements time."""
+    index = torch.randint(0, len(x), (batch_size,))
+    recon_x, mu, log_var = model(x[index], labels[index])
+    loss = vae_loss(recon_x, x[index], mu, log_var, 0.01)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def throughput(seconds=6.0):
     x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
     for arch in ("conv:32,256", "conv:16,256", "hybrid:32,256", "mlp:512,256"):
@@ -218,12 +228,7 @@ def throughput(seconds=6.0):
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             images, started, steps = 0, None, 0
             while started is None or time.perf_counter() - started < seconds:
-                index = torch.randint(0, len(x), (batch_size,))
-                recon_x, mu, log_var = model(x[index], labels[index])
-                loss = vae_loss(recon_x, x[index], mu, log_var, 0.01)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                random_step(model, optimizer, x, labels, batch_size)
                 steps += 1
                 if steps == 3:
                     started = time.perf_counter()
@@ -245,22 +250,14 @@ def compile_throughput(steps=150, batch_size=128):
             model = getattr(submission, name)(latent_dim=8)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
             run = torch.compile(model) if compiled else model
-
-            def step():
-                index = torch.randint(0, len(x), (batch_size,))
-                recon_x, mu, log_var = run(x[index], labels[index])
-                loss = vae_loss(recon_x, x[index], mu, log_var, 0.01)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
             started = time.perf_counter()
-            step()
+            random_step(run, optimizer, x, labels, batch_size)
             first = time.perf_counter() - started
             for _ in range(10):
-                step()
+                random_step(run, optimizer, x, labels, batch_size)
             started = time.perf_counter()
             for _ in range(steps):
-                step()
+                random_step(run, optimizer, x, labels, batch_size)
             print(json.dumps({"model": name, "torch_compile": compiled, "first_step_s": round(first, 1),
                               "images_per_s": round(steps * batch_size / (time.perf_counter() - started)),
                               "threads": torch.get_num_threads()}), flush=True)
