@@ -199,8 +199,10 @@ def train_and_grade(args):
     result = grader(model, args.latent_dim, samples)
     if args.conditional:  # how legible the samples are: the share the project's classifier reads as their label
         from classifier import classify, load_classifier
+        from evaluation import label_metrics
         predictions = classify(load_classifier()[0], samples.reshape(-1, 28, 28))[1]
-        result["label_accuracy"] = float((predictions == np.repeat(np.arange(NUM_CLASSES), samples.shape[1])).mean())
+        asked = np.repeat(np.arange(NUM_CLASSES), samples.shape[1])
+        result["label_accuracy"] = label_metrics(predictions, asked, "Genwithlabel")["overall"]
     row = {"arch": args.arch, "output": args.output, "conditional": args.conditional, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr, "var": args.var, "train_seconds": round(seconds, 1),
            "images_per_s": round(step * args.batch_size / seconds), "ssim": round(result["ssim"], 4),
