@@ -7,6 +7,7 @@ lab's grade_arrays, with its training seconds and images/s: the measurements beh
     python benchmarks/levers.py --arch mlp:512,256 --epochs 15 --batch_size 256
     python benchmarks/levers.py --throughput       # images/s of each candidate, random data
     python benchmarks/levers.py --compile          # submission.py's models, eager and torch.compile
+    python benchmarks/levers.py --allocator        # submission.py's models, glibc malloc as is or tuned
 
 --arch: conv:WIDTH,HIDDEN (submission.py's layout: two stride-2 convolutions of WIDTH and 2 WIDTH
 channels, a HIDDEN-unit layer; mirrored in the decoder), mlp:H1,H2,... (fully connected),
@@ -19,6 +20,7 @@ Prints one JSON line per run. Run it alone: images/s beside another job mean not
 import argparse
 import json
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from data_utils import IMAGE_PIXELS, NUM_CLASSES, MNISTDataset, run_cli, to_uint8  # noqa: E402
 from race import Grader  # noqa: E402
 from submission import vae_loss  # noqa: E402
+from trainer import keep_freed_memory  # noqa: E402
 
 
 def act():
@@ -265,6 +268,45 @@ def compile_throughput(steps=150, batch_size=128):
                               "threads": torch.get_num_threads()}), flush=True)
 
 
+def allocator_throughput(rounds=3):
+    """submission.py's VAE and GenModel with glibc's malloc as it comes and after the Trainer's
+    keep_freed_memory(), which cannot be undone in a process: so each measurement is a fresh
+    process, the two settings in turn, `rounds` times."""
+    for name in ("VAE", "GenModel"):
+        for _ in range(rounds):
+            for keep in (0, 1):
+                child = subprocess.run([sys.executable, __file__, "--allocator_child", f"{name},{keep}"],
+                                       capture_output=True, text=True)
+                if child.returncode != 0:
+                    raise SystemExit(f"error: the measurement of {name} failed:\n{child.stderr.strip()}")
+                print(child.stdout.strip(), flush=True)
+
+
+def allocator_child(spec: str, steps=150, batch_size=128):
+    """One measurement of allocator_throughput: training images/s and page faults per step."""
+    import resource
+    import submission
+    name, keep = spec.split(",")
+    applied = keep_freed_memory() if keep == "1" else False
+    x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
+    torch.manual_seed(0)
+    model = getattr(submission, name)(latent_dim=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    for _ in range(10):
+        random_step(model, optimizer, x, labels, batch_size)
+    faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    cpu_started = time.process_time()
+    for _ in range(steps):
+        random_step(model, optimizer, x, labels, batch_size)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    # CPU time counts what this process ran, all threads together; it moves less than wall time
+    # when other work on the host takes turns on the cores.
+    print(json.dumps({"model": name, "keep_freed_memory": applied, "images_per_s": round(steps * batch_size / seconds),
+                      "cpu_ms_per_step": round(cpu_seconds / steps * 1000, 1),
+                      "page_faults_per_step": round(faults / steps), "threads": torch.get_num_threads()}))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="conv:32,256", help="conv:W,H, hybrid:W,H, mlp:H1,H2 or mlpl:H1,H2 (default %(default)s)")
@@ -281,8 +323,16 @@ def main(argv=None):
     parser.add_argument("--throughput", action="store_true", help="only images/s of each candidate on random data")
     parser.add_argument("--compile", action="store_true",
                         help="only images/s of submission.py's models, eager and under torch.compile")
+    parser.add_argument("--allocator", action="store_true",
+                        help="only images/s and page faults per step of submission.py's models, with glibc's malloc "
+                             "as it comes and as the Trainer sets it (keep_freed_memory)")
+    parser.add_argument("--allocator_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.compile:
+    if args.allocator_child:
+        allocator_child(args.allocator_child)
+    elif args.allocator:
+        allocator_throughput()
+    elif args.compile:
         compile_throughput()
     elif args.throughput:
         throughput()

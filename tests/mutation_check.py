@@ -84,6 +84,9 @@ MUTANTS = [
     ("the code statistics pull a class absent from the batch towards 0", "submission.py",
      "weight = self.momentum * (counts > 0).float()", "weight = self.momentum * torch.ones_like(counts)",
      ["tests/test_models.py"]),
+    ("the Trainer's malloc setting leaves large blocks mapped anew each time", "trainer.py",
+     "results = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), ", "results = [1, ",
+     ["tests/test_trainer.py::test_keep_freed_memory_makes_freed_blocks_reusable_without_page_faults"]),
 ]
 
 
