@@ -171,10 +171,18 @@ def test_keep_freed_memory_makes_freed_blocks_reusable_without_page_faults():
     assert int(page_faults) < 0.05 * fresh_pages, f"{page_faults} page faults: the freed blocks were not reused"
 
 
-def test_keep_freed_memory_changes_nothing_without_mallopt_and_the_trainer_still_trains(tmp_path, monkeypatch):
-    def no_such_library(name):
-        raise OSError("no C library here")
-    monkeypatch.setattr(trainer_module.ctypes, "CDLL", no_such_library)
+class LibraryWithoutMallopt:  # macOS's C library, seen through ctypes
+    pass
+
+
+@pytest.mark.parametrize("opened", [OSError("no C library here"), TypeError("expected str, not NoneType"),
+                                    LibraryWithoutMallopt()])
+def test_keep_freed_memory_changes_nothing_without_mallopt_and_the_trainer_still_trains(tmp_path, monkeypatch, opened):
+    def open_library(name):
+        if isinstance(opened, Exception):
+            raise opened
+        return opened
+    monkeypatch.setattr(trainer_module.ctypes, "CDLL", open_library)
     assert trainer_module.keep_freed_memory() is False
     trainer = make_trainer(tmp_path, epochs=1)
     trainer.train(save_loss_plot=False)
