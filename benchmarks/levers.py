@@ -225,8 +225,21 @@ def random_step(model, optimizer, x, labels, batch_size):
     optimizer.step()
 
 
+def random_images():
+    """4,096 random images and labels: the data of the throughput measurements."""
+    return torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
+
+
+def submission_model(name: str):
+    """submission.py's VAE or GenModel at latent_dim 8, seeded, with the fused Adam the Trainer builds."""
+    import submission
+    torch.manual_seed(0)
+    model = getattr(submission, name)(latent_dim=8)
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+
+
 def throughput(seconds=6.0):
-    x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
+    x, labels = random_images()
     for arch in ("conv:32,256", "conv:16,256", "hybrid:32,256", "mlp:512,256"):
         for batch_size in (128, 512):
             model = build(arch, 8, True)
@@ -247,13 +260,10 @@ def throughput(seconds=6.0):
 def compile_throughput(steps=150, batch_size=128):
     """submission.py's VAE and GenModel, eager and under torch.compile: the first step's seconds (where
     compiling happens) and the training images/s after 10 more steps, random images, the fused Adam."""
-    import submission
-    x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
+    x, labels = random_images()
     for name in ("VAE", "GenModel"):
         for compiled in (False, True):
-            torch.manual_seed(0)
-            model = getattr(submission, name)(latent_dim=8)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+            model, optimizer = submission_model(name)
             run = torch.compile(model) if compiled else model
             started = time.perf_counter()
             random_step(run, optimizer, x, labels, batch_size)
@@ -285,13 +295,10 @@ def allocator_throughput(rounds=3):
 def allocator_child(spec: str, steps=150, batch_size=128):
     """One measurement of allocator_throughput: training images/s and page faults per step."""
     import resource
-    import submission
     name, keep = spec.split(",")
     applied = keep_freed_memory() if keep == "1" else False
-    x, labels = torch.rand(4096, 1, 28, 28), torch.randint(0, NUM_CLASSES, (4096,))
-    torch.manual_seed(0)
-    model = getattr(submission, name)(latent_dim=8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    x, labels = random_images()
+    model, optimizer = submission_model(name)
     for _ in range(10):
         random_step(model, optimizer, x, labels, batch_size)
     faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()

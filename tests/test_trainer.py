@@ -143,14 +143,15 @@ def test_the_trainer_uses_the_fused_adam_and_falls_back_where_torch_refuses_it(t
     assert trainer.step == 6
 
 
-# Ten rounds of allocating and freeing these blocks (MiB of float32), in a fresh process.
-CHURN_SCRIPT = """
-import resource, sys
+# Ten rounds of allocating and freeing blocks of these sizes (MiB of float32), in a fresh process.
+CHURN_MIB = (3, 6, 12, 20, 3, 6)
+CHURN_SCRIPT = f"""
+import resource
 import torch
 import trainer
-print(trainer.keep_freed_memory() if sys.argv[1] == "keep" else None)
+print(trainer.keep_freed_memory())
 def churn():
-    blocks = [torch.ones(mib << 18) for mib in (3, 6, 12, 20, 3, 6)]
+    blocks = [torch.ones(mib << 18) for mib in {CHURN_MIB}]
     del blocks
 churn()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -162,12 +163,12 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 def test_keep_freed_memory_makes_freed_blocks_reusable_without_page_faults():
-    result = subprocess.run([sys.executable, "-c", CHURN_SCRIPT, "keep"], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-c", CHURN_SCRIPT], capture_output=True, text=True,
                             cwd=ROOT, check=True)
     applied, page_faults = result.stdout.split()
     assert applied == "True"
     # Each round touches 50 MiB; fresh memory would fault once per 4 KiB page: 128,000 faults.
-    fresh_pages = 10 * (3 + 6 + 12 + 20 + 3 + 6) * 2**20 // 4096
+    fresh_pages = 10 * sum(CHURN_MIB) * 2**20 // 4096
     assert int(page_faults) < 0.05 * fresh_pages, f"{page_faults} page faults: the freed blocks were not reused"
 
 
