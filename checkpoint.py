@@ -1,6 +1,6 @@
 """A training run's files: the checkpoint format, loading it safely, the newest checkpoint of a
-run, pruning, the RNG state a resume needs, and the device a checkpoint runs on. train.py,
-inference.py, evaluation.py, the course kit and the benchmarks all read checkpoints through here.
+run, pruning, and the RNG state a resume needs. train.py, inference.py, evaluation.py, the
+course kit and the benchmarks all read checkpoints through here.
 
 A checkpoint is a plain dict of tensors, numbers, strings and lists (so it loads with
 torch.load(weights_only=True)):
@@ -29,48 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract import build_model
 from data_utils import LabError
-from tasks import TASKS, build_model
+from tasks import TASKS
 
 CHECKPOINT_FORMAT = 1
 # What every checkpoint (exported model or run checkpoint) must hold for the scripts to use it.
 REQUIRED_KEYS = ("task", "model", "model_kwargs", "hyperparams", "epoch", "step", "batch_in_epoch",
                  "model_state_dict")
 INTERRUPTED = "interrupted.pth"
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise LabError(f"--device {name} is not a torch device: use auto, cpu, cuda, cuda:0 or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise LabError(f"--device {name}: this machine has no CUDA GPU; use --device auto or cpu")
-        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise LabError(f"--device {name}: MPS is not available here; use --device auto or cpu")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def pick_autocast_dtype(precision: str, device: torch.device):
-    """bf16 autocast where the hardware has fast bf16 (AVX512-BF16/AMX CPUs, recent GPUs);
-    elsewhere bf16 is emulated and slower than fp32, so 'auto' falls back to fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cpu":
-        fast = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        fast = fast or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-        return torch.bfloat16 if fast else None
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 # ---------------------------------------------------------------- loading

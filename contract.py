@@ -21,7 +21,7 @@ import sys
 import torch
 
 from data_utils import IMAGE_PIXELS, IMAGE_SHAPE, NUM_CLASSES, LabError
-from tasks import TASK_RECORDS
+from tasks import MODEL_CLASSES, TASK_RECORDS
 
 # The handout's section a student writes first for each class: named when nothing is written yet.
 FIRST_TODO = {"VAE": "section 2.2.1 (the layers of VAE.__init__)", "GenModel": "section 3 (GenModel.__init__)"}
@@ -77,6 +77,22 @@ def build(cls, latent_dim: int) -> torch.nn.Module:
         raise ContractError(f"{cls.__name__}(latent_dim={latent_dim}) is a {type(model).__name__}, "
                             f"not a torch.nn.Module")
     return model
+
+
+def build_model(model_name: str, latent_dim: int) -> torch.nn.Module:
+    """The model a checkpoint or --model names (a key of tasks.MODEL_CLASSES), built the handout's
+    way: cls(latent_dim=N)."""
+    if model_name not in MODEL_CLASSES:
+        raise LabError(f"unknown model class {model_name!r}: expected one of {', '.join(MODEL_CLASSES)}")
+    module_name, class_name = MODEL_CLASSES[model_name]
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # a student's file that fails to import: say so in one line
+        raise LabError(f"cannot import {module_name}.py: {one_line(error)}") from None
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type):
+        raise ContractError(f"{module_name}.py defines no class {class_name}")
+    return build(cls, latent_dim)
 
 
 def require_parameters(model: torch.nn.Module) -> list:

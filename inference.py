@@ -33,7 +33,8 @@ import pictures
 from data_utils import (NUM_CLASSES, BooleanFlag, LabError, MNISTDataset, ensure_writable_folder, resolve_split,
                         run_cli, set_random_seed, to_uint8)
 from tasks import TASK_RECORDS, canonical_task, default_checkpoint, default_output_dir
-from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint, pick_device
+from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint
+from hardware import pick_device
 
 
 def parse_args(argv=None):

@@ -155,17 +155,20 @@ class ClassCodeStatistics(nn.Module):
 
     @torch.no_grad()
     def update(self, codes, labels):
-        codes = codes.detach().float()
-        # All classes at once, without a Python loop over them: the batch's mean and second
-        # moment of each class, moved in by `momentum`; a class absent from the batch moves by 0.
-        one_hot = F.one_hot(labels, self.mean.shape[0]).float()                       # [B, K]
-        counts = one_hot.sum(dim=0)                                                   # [K]
-        per_image = one_hot / counts.clamp(min=1)                                     # [B, K]
-        batch_mean = per_image.T @ codes                                              # [K, D]
-        batch_second_moment = torch.einsum("bk,bi,bj->kij", per_image, codes, codes)  # [K, D, D]
-        weight = self.momentum * (counts > 0).float()
-        self.mean.lerp_(batch_mean, weight[:, None])
-        self.second_moment.lerp_(batch_second_moment, weight[:, None, None])
+        # The statistics stay in fp32 whatever the training loop runs in: under bf16 autocast the
+        # products below would come out in bf16 (8 bits of mantissa, and lerp_ refuses them).
+        with torch.autocast(codes.device.type, enabled=False):
+            codes = codes.detach().float()
+            # All classes at once, without a Python loop over them: the batch's mean and second
+            # moment of each class, moved in by `momentum`; a class absent from the batch moves by 0.
+            one_hot = F.one_hot(labels, self.mean.shape[0]).float()                       # [B, K]
+            counts = one_hot.sum(dim=0)                                                   # [K]
+            per_image = one_hot / counts.clamp(min=1)                                     # [B, K]
+            batch_mean = per_image.T @ codes                                              # [K, D]
+            batch_second_moment = torch.einsum("bk,bi,bj->kij", per_image, codes, codes)  # [K, D, D]
+            weight = self.momentum * (counts > 0).float()
+            self.mean.lerp_(batch_mean, weight[:, None])
+            self.second_moment.lerp_(batch_second_moment, weight[:, None, None])
 
     def scale_tril(self, labels):
         mean = self.mean[labels].double()

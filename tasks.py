@@ -1,7 +1,6 @@
 """The lab's two tasks, their aliases, and the model classes a checkpoint may name.
 
 Every script takes its task names from here, so there is one list to change."""
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,22 +58,6 @@ def canonical_task(name: str) -> str:
         aliases = ", ".join(f"{a} (= {t})" for a, t in TASK_ALIASES.items())
         raise LabError(f"unknown task {name!r}: choose one of {', '.join(TASKS)} (aliases: {aliases})")
     return name
-
-
-def build_model(model_name: str, latent_dim: int):
-    """The model a checkpoint or --model names, built the handout's way: cls(latent_dim=N)."""
-    import contract
-    if model_name not in MODEL_CLASSES:
-        raise LabError(f"unknown model class {model_name!r}: expected one of {', '.join(MODEL_CLASSES)}")
-    module_name, class_name = MODEL_CLASSES[model_name]
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # a student's file that fails to import: say so in one line
-        raise LabError(f"cannot import {module_name}.py: {contract.one_line(error)}") from None
-    cls = getattr(module, class_name, None)
-    if not isinstance(cls, type):
-        raise contract.ContractError(f"{module_name}.py defines no class {class_name}")
-    return contract.build(cls, latent_dim)
 
 
 def default_checkpoint(task: str) -> Path:

@@ -20,6 +20,7 @@ import torch
 from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
 from tasks import MODEL_FOR_TASK, TASKS, canonical_task
 from checkpoint import epoch_number, newest_run_checkpoint
+from hardware import configure_process, has_fast_bf16
 from trainer import Trainer, TrainConfig, TrainingInterrupted
 
 DEFAULTS = TrainConfig()
@@ -36,7 +37,8 @@ HELP = {
     "seed": "random seed (weights, shuffling, sampling)",
     "keep_last": "keep the newest N epoch checkpoints",
     "device": "auto (cuda, then mps, then cpu), or a torch device such as cpu or cuda:0",
-    "precision": "auto (bf16 autocast where the hardware has fast bf16, else fp32), fp32 or bf16",
+    "precision": "auto (bf16 autocast where the hardware has fast bf16, else fp32), fp32 or bf16 (emulated, slow, "
+                 "without fast bf16); a model that fails under bf16 goes on in fp32",
     "train_data": "training split: a name (train, valid, test) or an .npz path",
     "valid_data": "validation split: a name or an .npz path",
 }
@@ -102,8 +104,12 @@ def refuse_to_overwrite(folder: Path) -> None:
 
 
 def precision_line(trainer) -> str:
+    fallback = "; a model that fails under it goes on in fp32"
+    if trainer.autocast_dtype is not None and trainer.config.precision == "bf16":
+        speed = "" if has_fast_bf16(trainer.device) else ", emulated here (no fast bf16 hardware), so slow"
+        return f"bf16 autocast on {trainer.device} (--precision bf16{speed}){fallback}"
     if trainer.autocast_dtype is not None:
-        return f"bf16 autocast on {trainer.device} (fast bf16 hardware found; --precision fp32 to turn it off)"
+        return f"bf16 autocast on {trainer.device} (fast bf16 hardware found; --precision fp32 to turn it off){fallback}"
     if trainer.config.precision == "fp32":
         return f"fp32 on {trainer.device} (--precision fp32)"
     return (f"fp32 on {trainer.device} (no fast bf16 here, such as AVX512-BF16 or AMX, so training is slower than "
@@ -120,10 +126,7 @@ def main(argv=None):
     if args.limit < 0:
         raise LabError(f"--limit {args.limit} is negative: use 0 for the whole split or a positive count")
 
-    if args.threads < 0:
-        raise LabError(f"--threads {args.threads} is negative: use 0 (torch's default) or a count")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_process(args.threads)
     if not (args.load_from_checkpoint or args.checkpoint or args.overwrite):
         refuse_to_overwrite(Path(config.save_dir))
 

@@ -7,7 +7,6 @@ The model is called only the handout's way (contract.py): `model(x, labels)` and
 Checkpoints and their format live in checkpoint.py.
 """
 import contextlib
-import ctypes
 import dataclasses
 import io
 import math
@@ -22,38 +21,14 @@ from tqdm import tqdm
 
 import contract
 from checkpoint import (CHECKPOINT_FORMAT, INTERRUPTED, capture_rng, export_path, load_checkpoint,
-                        model_from_checkpoint, pick_autocast_dtype, pick_device, prune, restore_rng)
+                        model_from_checkpoint, prune, restore_rng)
 from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from hardware import PRECISIONS, pick_autocast_dtype, pick_device, precision_name
 from submission import vae_loss
-from tasks import LATENT_RANGE, build_model
+from tasks import LATENT_RANGE
 
 # The loss curve of a run in progress is redrawn at most this often (Trainer.end_epoch).
 PLOT_EVERY_S = 30.0
-# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory gives them.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD_BYTES = 32 << 20  # the largest glibc accepts on 64-bit
-TRIM_THRESHOLD_BYTES = 1 << 30
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed blocks for reuse instead of handing them back to the system.
-
-    A CPU training step frees and reallocates the same few-megabyte activations every step. By
-    default glibc maps each of them anew from the system, and touching a fresh mapping costs a
-    page fault per 4 KiB: about 2,000 per step of the shipped VAE. With blocks under 32 MiB served
-    from the heap, and a heap that is not trimmed, each step reuses warm memory instead
-    (`python benchmarks/levers.py --allocator` measures both). The process keeps its peak memory
-    until it exits. Returns False, changing nothing, where the C library has no mallopt (macOS,
-    Windows, musl)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):  # no C library to open (Windows: TypeError), or no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    results = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)]
-    return results == [1, 1]  # mallopt answers 1 where it took the value
-
-
 @dataclass
 class TrainConfig:
     """Every training setting; train.py makes one flag per field, with these defaults."""
@@ -94,8 +69,8 @@ class TrainConfig:
                                + (f" ({why})" if why else ""))
         if self.lr_schedule not in ("constant", "cosine"):
             raise LabError(f"--lr_schedule {self.lr_schedule}: choose constant or cosine")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise LabError(f"--precision {self.precision}: choose auto, fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            raise LabError(f"--precision {self.precision}: choose {', '.join(PRECISIONS)}")
 
 
 class TrainingInterrupted(Exception):
@@ -105,11 +80,10 @@ class TrainingInterrupted(Exception):
 class Trainer:
     def __init__(self, config: TrainConfig, train_data, valid_data, model=None):
         self.config = config
-        keep_freed_memory()
         self.device = pick_device(config.device)
         self.autocast_dtype = pick_autocast_dtype(config.precision, self.device)
         self.model_kwargs = {"latent_dim": config.latent_dim}
-        self.model = (model or build_model(config.model, **self.model_kwargs)).to(self.device)
+        self.model = (model or contract.build_model(config.model, **self.model_kwargs)).to(self.device)
         parameters = contract.require_parameters(self.model)
         try:  # the fused Adam: the same update, one kernel for all weights instead of a dozen calls each
             self.optimizer = torch.optim.Adam(parameters, lr=config.lr, fused=True)
@@ -120,6 +94,7 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.train_losses, self.valid_losses = [], []  # per step; [step, loss] pairs
         self._stop_signal = None
+        self.precision_fallback = None  # what made a run that began in bf16 go on in fp32
         self._plotted_at = None  # perf_counter() of the last loss plot
 
     # -------------------------------------------------------------- the loop
@@ -154,14 +129,12 @@ class Trainer:
     # -------------------------------------------------------------- one step, one epoch
     def optimise(self, images, labels, batches_per_epoch: int) -> float:
         """One Adam step on one batch; returns its loss."""
-        loss = self.loss_on(images, labels)
+        loss = self.fp32_if_autocast_fails(f"training step {self.step + 1}", lambda: self.backward(images, labels))
         if not torch.isfinite(loss):
             raise LabError(f"the loss became {loss.item()} at step {self.step + 1} (epoch {self.epoch + 1}): "
                            f"lower --lr or raise --var; the last good checkpoint in {self.save_dir} is kept")
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step, batches_per_epoch * self.config.epochs)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         self.optimizer.step()
         self.step += 1
         self.images_seen += len(images)
@@ -232,6 +205,54 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
         return torch.randperm(len(self.train_data), generator=generator)
 
+    def backward(self, images, labels):
+        """The loss of one batch, and its gradients when it is finite."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_on(images, labels)
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss
+
+    def fp32_if_autocast_fails(self, what: str, attempt):
+        """attempt() under autocast; if it raises or its loss is not finite, it is undone and run
+        again in fp32, and if that works the rest of the run stays in fp32.
+
+        Autocast is the harness's speed-up, so it must never cost a student: a model written and
+        tested in fp32 may update an fp32 buffer from bf16 activations, or lose a small difference
+        to bf16's 8 bits of mantissa. Undoing means the buffers and random states as they were
+        before (the optimiser has not stepped yet), so the fp32 retry is the step an fp32 run
+        would have taken. An error that fp32 raises too is the model's own, and is raised."""
+        if self.autocast_dtype is None:
+            return attempt()
+        buffers = {name: buffer.detach().clone() for name, buffer in self.model.named_buffers()}
+        rng = capture_rng(self.device)
+        try:
+            loss = attempt()
+            if bool(torch.isfinite(torch.as_tensor(loss))):
+                return loss
+            reason = f"its loss was {float(torch.as_tensor(loss).detach())}"
+        except Exception as error:
+            reason = str(error) if isinstance(error, contract.ContractError) else contract.one_line(error, 200)
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                if name in buffers:
+                    buffer.copy_(buffers[name])
+        restore_rng(rng, self.device)
+        autocast_dtype, self.autocast_dtype = self.autocast_dtype, None
+        try:
+            loss = attempt()
+        except BaseException:
+            self.autocast_dtype = autocast_dtype  # the run ends here, in the precision it ran in
+            raise
+        if not bool(torch.isfinite(torch.as_tensor(loss))):
+            self.autocast_dtype = autocast_dtype  # not finite in fp32 either: the caller reports it
+            return loss
+        self.precision_fallback = (f"{precision_name(autocast_dtype)} autocast failed at {what} ({reason}); "
+                                   f"it was run again in fp32, and the run goes on in fp32")
+        tqdm.write(f"precision: {self.precision_fallback}")
+        atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
+        return loss
+
     def loss_on(self, images, labels):
         images, labels = images.to(self.device), labels.to(self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -240,9 +261,15 @@ class Trainer:
         # The loss itself in fp32: it sums 784 squared errors per image.
         return contract.loss(vae_loss, recon_x.float(), images, mu.float(), log_var.float(), var=self.config.var)
 
-    @torch.no_grad()
     def validate(self) -> float:
         self.model.eval()
+        try:
+            return self.fp32_if_autocast_fails(f"the validation after step {self.step}", self.validation_loss)
+        finally:
+            self.model.train()
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
         total, count = 0.0, 0
         data = self.valid_data
         num = min(self.config.eval_num, len(data)) if self.config.eval_num > 0 else len(data)
@@ -251,7 +278,6 @@ class Trainer:
             images, labels = data.images[start:stop], data.labels[start:stop]
             total += self.loss_on(images, labels).item() * (stop - start)
             count += stop - start
-        self.model.train()
         return total / count
 
     # -------------------------------------------------------------- state
@@ -264,7 +290,9 @@ class Trainer:
             params["save_dir"] = save_dir.relative_to(ROOT).as_posix()
         params["trainable_parameters"] = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         params["device"] = str(self.device)
-        params["autocast"] = str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype else "fp32"
+        params["autocast"] = precision_name(self.autocast_dtype)  # the precision used, not the one asked for
+        if self.precision_fallback:
+            params["autocast_fallback"] = self.precision_fallback
         params["train_images"] = len(self.train_data) if self.train_data is not None else None
         return params
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from data_utils import IMAGE_PIXELS, NUM_CLASSES, MNISTDataset, run_cli, to_uint8  # noqa: E402
 from race import Grader  # noqa: E402
 from submission import vae_loss  # noqa: E402
-from trainer import keep_freed_memory  # noqa: E402
+from hardware import keep_freed_memory  # noqa: E402
 
 
 def act():

@@ -35,7 +35,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import contract  # noqa: E402
-from checkpoint import pick_autocast_dtype, pick_device  # noqa: E402
+from hardware import pick_autocast_dtype, pick_device  # noqa: E402
 from data_utils import IMAGE_PIXELS, MNISTDataset, atomic_write_bytes, run_cli, to_uint8  # noqa: E402
 from grade import grade_arrays  # noqa: E402
 from inference import generate  # noqa: E402

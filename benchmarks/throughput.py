@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data_utils import MNISTDataset, atomic_write_bytes, load_split, run_cli, set_random_seed  # noqa: E402
 from submission import vae_loss  # noqa: E402
-from tasks import build_model  # noqa: E402
-from trainer import Trainer, TrainConfig, keep_freed_memory  # noqa: E402
+from contract import build_model  # noqa: E402
+from hardware import keep_freed_memory  # noqa: E402
+from trainer import Trainer, TrainConfig  # noqa: E402
 
 DEFAULTS = TrainConfig()
 CASES = [  # (name, model class, task, batch size)
@@ -86,7 +87,7 @@ def project_trainer(model_name, task, batch_size, num_images, latent_dim, var) -
 
 
 def measure(num_images: int):
-    keep_freed_memory()  # as the Trainer does, so that both loops are measured with the same malloc
+    keep_freed_memory()  # as train.py does, so that both loops are measured with the same malloc
     images, labels = load_split("train")
     images, labels = images[:num_images], labels[:num_images]
     rows = []

@@ -84,9 +84,20 @@ MUTANTS = [
     ("the code statistics pull a class absent from the batch towards 0", "submission.py",
      "weight = self.momentum * (counts > 0).float()", "weight = self.momentum * torch.ones_like(counts)",
      ["tests/test_models.py"]),
-    ("the Trainer's malloc setting leaves large blocks mapped anew each time", "trainer.py",
+    ("the entry points' malloc setting leaves large blocks mapped anew each time", "hardware.py",
      "results = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), ", "results = [1, ",
      ["tests/test_trainer.py::test_keep_freed_memory_makes_freed_blocks_reusable_without_page_faults"]),
+    ("GenModel's code statistics computed under the training loop's autocast", "submission.py",
+     "with torch.autocast(codes.device.type, enabled=False):", "with torch.no_grad():",
+     ["tests/test_precision.py"]),
+    ("the bf16 fallback keeps the buffers a failed attempt changed", "trainer.py",
+     "                    buffer.copy_(buffers[name])", "                    pass", ["tests/test_precision.py"]),
+    ("the bf16 fallback retakes the step with the random state the failed attempt left", "trainer.py",
+     "        restore_rng(rng, self.device)\n        autocast_dtype, self.autocast_dtype", 
+     "        autocast_dtype, self.autocast_dtype", ["tests/test_precision.py"]),
+    ("a non-finite bf16 loss is not retaken in fp32", "trainer.py",
+     "            if bool(torch.isfinite(torch.as_tensor(loss))):\n                return loss",
+     "            if True:\n                return loss", ["tests/test_precision.py"]),
 ]
 
 

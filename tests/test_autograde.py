@@ -146,18 +146,20 @@ def graded(tmp_path_factory, tiny_valid, tiny_train):
 def serial(graded, tiny_valid, tiny_train):
     """Serial (--threads 1, as --jobs 2 uses) and WITHOUT isolation: copy_samples again, with the same
     checkpoints, which now finds a data file in a folder above its lab copy. Its VAE is honest, so its
-    VAE0label columns must be those of the first run."""
+    VAE0label columns must be those of the first run. Training runs in bf16 (--precision bf16), where
+    class_mean_buffer's GenModel cannot: it must be trained on in fp32, not failed."""
     base = graded["base"] / "serial"
     students = base / "submissions"
-    (students / "copy_samples").mkdir(parents=True)
-    shutil.copyfile(CHEATS_DIR / "copy_samples.py", students / "copy_samples" / "submission.py")
+    for name, folder in (("copy_samples", CHEATS_DIR), ("class_mean_buffer", SUBMISSIONS)):
+        (students / name).mkdir(parents=True)
+        shutil.copyfile(folder / f"{name}.py", students / name / "submission.py")
     shutil.copytree(graded["base"] / "submissions" / "copy_samples" / "checkpoints",
                     students / "copy_samples" / "checkpoints")
     shutil.copyfile(tiny_valid, base / "valid_copy.npz")  # a stray split on the grading machine
     out = base / "grades" / "grades.csv"
     result = autograde_cli(students, "--out", out, "--data_path", tiny_valid, "--valid_data", tiny_valid,
                            "--train_data", tiny_train, *BUDGET, "--threads", 1, "--no_isolation",
-                           "--work_dir", base / "work")
+                           "--precision", "bf16", "--work_dir", base / "work")
     rows, records, report = read_run(out)
     return {"rows": rows, "records": records, "report": report, "stdout": result.stdout, "out": out}
 
@@ -185,6 +187,7 @@ def test_honest_corpus_is_graded_without_flags(graded, tiny_valid):
         for task in ("VAE0label", "Genwithlabel"):
             entry = record["tasks"][task]
             assert row[f"{task}_source"] == "trained here" and entry["graded_from"] == "forward"
+            assert row[f"{task}_precision"] == "fp32"  # the default: every student trains alike
             again = recompute(graded["base"], name, task, entry["latent_dim"], tiny_valid)
             assert float(row[f"{task}_grade"]) == again["score"], (name, task)
             assert float(row[f"{task}_ssim"]) == again["ssim"] and float(row[f"{task}_mse"]) == again["mse"]
@@ -204,6 +207,7 @@ def test_the_reference_answer_is_graded_unflagged_from_its_shipped_checkpoints(g
     for task in ("VAE0label", "Genwithlabel"):
         entry = record["tasks"][task]
         assert row[f"{task}_source"] == "handed in" and entry["latent_dim"] == 8
+        assert row[f"{task}_precision"] == ""  # trained on the student's machine, not here
         assert entry["bypass_check"]["ratio"] == pytest.approx(1.0, abs=0.01)
         assert float(row[f"{task}_grade"]) == recompute(graded["base"], "reference", task, 8, tiny_valid)["score"]
     assert float(row["VAE0label_grade"]) == 10.0
@@ -326,8 +330,18 @@ def test_jobs_2_gives_the_rows_of_a_serial_run(graded, serial):
     # its reconstructions are honest in both tasks; only its Genwithlabel samples differ without isolation
     columns = [c for c in autograde.TABLE_COLUMNS if c.startswith("VAE0label") or c in ("Genwithlabel_ssim",
                                                                                           "Genwithlabel_mse")]
-    assert len(columns) == 6 and parallel["VAE0label_grade"] != "" and parallel["Genwithlabel_mse"] != ""
+    assert len(columns) == 7 and parallel["VAE0label_grade"] != "" and parallel["Genwithlabel_mse"] != ""
     assert {c: alone[c] for c in columns} == {c: parallel[c] for c in columns}
+
+
+def test_a_model_that_cannot_take_bf16_is_trained_in_fp32_and_graded(serial):
+    row, record = serial["rows"]["class_mean_buffer"], serial["records"]["class_mean_buffer"]
+    assert row["errors"] == "" and row["integrity"] == ""
+    assert row["VAE0label_precision"] == "bf16" and row["Genwithlabel_precision"] == "fp32 (bf16 failed)"
+    assert float(row["VAE0label_grade"]) > 0 and float(row["Genwithlabel_grade"]) > 0
+    train_log = (serial["out"].parent / "grades_logs" / "class_mean_buffer" / "train.log").read_text()
+    assert "bf16 autocast failed at training step 1" in train_log
+    assert record["tasks"]["Genwithlabel"]["precision"] == "fp32 (bf16 failed)"
 
 
 def test_require_isolation_refuses_in_one_line(monkeypatch, tmp_path, tiny_valid):

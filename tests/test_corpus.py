@@ -1,7 +1,10 @@
 """Submissions written by others, in the styles students write against the handout's template
 (tests/submissions/*.py), each go through train.py, inference.py and grade.py, and get a grade
-equal to an independent recomputation from the PNG files. The autograder runs the same corpus
-(tests/test_autograde.py)."""
+equal to an independent recomputation from the PNG files. They train under bf16 autocast
+(--precision bf16, emulated and slow where the CPU lacks fast bf16, so the sizes stay tiny): the
+path of every machine with AVX512-BF16, AMX or a recent GPU, which the rest of the suite runs in fp32.
+A model that cannot take bf16 (class_mean_buffer) must be trained on in fp32, never failed. The
+autograder runs the same corpus (tests/test_autograde.py)."""
 import json
 import shutil
 import subprocess
@@ -17,8 +20,8 @@ from conftest import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
-LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "tasks.py", "trainer.py", "train.py", "inference.py", "grade.py",
-             "outputs.py", "pictures.py", "evaluation.py", "classifier.py", "model.py"]
+LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "hardware.py", "tasks.py", "trainer.py", "train.py",
+             "inference.py", "grade.py", "outputs.py", "pictures.py", "evaluation.py", "classifier.py", "model.py"]
 TASKS = ("VAE0label", "Genwithlabel")
 
 # Two worker processes share the corpus. A worker takes its lab copies one after another and runs the
@@ -33,8 +36,8 @@ WORKER = "import sys; sys.path.insert(0, sys.argv[1]); import test_corpus; test_
 def commands(split):
     for task in TASKS:
         yield ("train.py", "--task", task, "--latent_dim", 3, "--save_dir", f"runs/{task}", "--limit", 192, "--epochs", 1,
-               "--batch_size", 64, "--valid_data", split, "--eval_num", 64, "--pred_step", 0, "--no-save_loss_plot",
-               "--device", "cpu")
+               "--batch_size", 64, "--valid_data", split, "--eval_num", 64, "--pred_step", 2, "--no-save_loss_plot",
+               "--device", "cpu", "--precision", "bf16")
         yield ("inference.py", "--checkpoint_path", f"runs/{task}.pth", "--data_path", split, "--inf_num", 60,
                "--save_dir", f"out/{task}", "--device", "cpu", "--no-pictures")
     yield ("grade.py", "--VAE0label_output_dir", "out/VAE0label", "--Genwithlabel_output_dir", "out/Genwithlabel",
@@ -132,3 +135,23 @@ def test_the_decode_fallbacks_are_taken_where_the_styles_need_them(graded):
     assert "one sample at a time (the batched call gave other images)" in notes["decode_0dim_only"]
     assert "batched decode" in notes["decode_batch_only"]
     assert "handout's decode(z [1, D], 0-dim label)" in notes["decode_int"]
+
+
+def test_a_model_that_cannot_take_bf16_trains_on_in_fp32_and_every_other_one_in_bf16(graded):
+    """class_mean_buffer's GenModel adds bf16 codes into fp32 buffers with index_add_, which refuses them:
+    its first bf16 step raises. The Trainer says so in one line and takes the step again in fp32 from the
+    same state: its buffer counts each training image exactly once (192), not once more for the failed
+    attempt, whose first index_add_ had succeeded."""
+    import torch
+    for name, (lab, _, log) in graded.items():
+        for task in TASKS:
+            params = json.loads((lab / "runs" / task / "hyperparams.json").read_text())
+            fell_back = name == "class_mean_buffer" and task == "Genwithlabel"
+            assert params["autocast"] == ("fp32" if fell_back else "bf16"), (name, task, params.get("autocast_fallback"))
+            assert ("autocast_fallback" in params) == fell_back
+    lab, _, log = graded["class_mean_buffer"]
+    notices = [line for line in log.splitlines() if "autocast failed" in line]
+    assert len(notices) == 1 and "at training step 1 (" in notices[0] and "index_add_" in notices[0]
+    assert notices[0].strip().endswith("it was run again in fp32, and the run goes on in fp32")
+    state = torch.load(lab / "runs" / "Genwithlabel.pth", weights_only=True)["model_state_dict"]
+    assert state["code_count"].sum().item() == 192

@@ -546,10 +546,12 @@ def test_same_seed_gives_identical_checkpoints_and_outputs(reference, outputs, t
 
 def test_run_sh_survives_ctrl_c_refuses_to_start_over_and_resumes(tmp_path, tiny_valid):
     """Ctrl-C in the main job saves the run and says how to resume; a plain rerun refuses to
-    replace the unfinished run; RESUME=1 continues it to the end and grades."""
-    env = dict(os.environ, SPLIT=str(tiny_valid), RUN=str(tmp_path / "runs"), OUT=str(tmp_path / "out"),
-               THREADS="1", TRAIN_FLAGS="--limit 1200 --epochs 2 --batch_size 16 --pred_step 0 --eval_num 50 "
-                                      "--latent_dim 3 --no-save_loss_plot")
+    replace the unfinished run; RESUME=1 continues it to the end and grades. The job starts in fp32 and
+    resumes in bf16 (emulated where the CPU is not fast at it), so run.sh also trains GenModel in bf16.
+    PYTHON is this interpreter: the `python` on PATH may be another one, without torch."""
+    flags = "--limit 1200 --epochs 2 --batch_size 16 --pred_step 0 --eval_num 50 --latent_dim 3 --no-save_loss_plot"
+    env = dict(os.environ, PYTHON=sys.executable, SPLIT=str(tiny_valid), RUN=str(tmp_path / "runs"),
+               OUT=str(tmp_path / "out"), THREADS="1", TRAIN_FLAGS=f"{flags} --precision fp32")
     log = tmp_path / "first.log"
     with open(log, "wb") as output:
         job = subprocess.Popen(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=env, stdout=output,
@@ -568,9 +570,13 @@ def test_run_sh_survives_ctrl_c_refuses_to_start_over_and_resumes(tmp_path, tiny
     assert rerun.returncode == 2 and "holds an unfinished run (interrupted.pth)" in rerun.stderr
     assert "RESUME=1 bash run.sh" in rerun.stderr
     assert (tmp_path / "runs" / "VAE0label" / "interrupted.pth").is_file()  # still there
-    resumed = subprocess.run(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=dict(env, RESUME="1"),
+    resumed = subprocess.run(["bash", str(ROOT / "run.sh")], cwd=tmp_path,
+                             env=dict(env, RESUME="1", TRAIN_FLAGS=f"{flags} --precision bf16"),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout and "training took" in resumed.stdout
     grades = json.loads((tmp_path / "out" / "grade_result.json").read_text())
     assert set(grades) == {"VAE0label", "Genwithlabel"}
+    for task in grades:
+        params = json.loads((tmp_path / "runs" / task / "hyperparams.json").read_text())
+        assert params["autocast"] == "bf16" and "autocast_fallback" not in params

@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 
 from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line  # noqa: E402
 from data_utils import IMAGE_SHAPE, NUM_CLASSES, LabError, atomic_write_bytes, load_split, resolve_split, run_cli  # noqa: E402
+from hardware import PRECISIONS  # noqa: E402
 from tasks import LATENT_RANGE, MODEL_FOR_TASK, TASK_RECORDS, TASKS  # noqa: E402
 from tools import sandbox  # noqa: E402
 
@@ -58,9 +59,9 @@ PHASE_SCRIPT = "autograde_phases.py"
 MAX_SUBMISSION_BYTES = 1 << 20
 
 TABLE_COLUMNS = ["student",
-                 "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source",
+                 "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source", "VAE0label_precision",
                  "Genwithlabel_ssim", "Genwithlabel_mse", "Genwithlabel_fid", "Genwithlabel_grade",
-                 "Genwithlabel_source", "total", "integrity", "errors"]
+                 "Genwithlabel_source", "Genwithlabel_precision", "total", "integrity", "errors"]
 METRICS = {"VAE0label": ("ssim", "mse"), "Genwithlabel": ("ssim", "mse", "fid")}
 
 # ---- integrity thresholds (calibration: docs/course.md, "Integrity"; `python -m tools.autograde calibrate CHECKPOINT`)
@@ -107,6 +108,15 @@ def check_student_checkpoint(path: Path, task: str) -> int:
             or isinstance(latent_dim, bool) or not LATENT_RANGE[0] <= latent_dim <= LATENT_RANGE[1]:
         raise LabError(f"{label} has model_kwargs {kwargs!r}, expected {{'latent_dim': N}} with 1 <= N <= 784")
     return latent_dim
+
+
+def trained_precision(path: Path) -> str:
+    """The precision a checkpoint trained here was trained in, as the Trainer recorded it: 'fp32',
+    'bf16', or 'fp32 (bf16 failed)' when the model could not take bf16 autocast."""
+    from checkpoint import load_checkpoint
+    hyperparams = load_checkpoint(path)["hyperparams"]
+    precision = str(hyperparams.get("autocast", "?"))
+    return f"{precision} (bf16 failed)" if hyperparams.get("autocast_fallback") else precision
 
 
 def source_latent_dim(text: str, class_name: str):
@@ -650,7 +660,8 @@ class Phases:
                    "--model", "submission", "--epochs", args.epochs, "--batch_size", args.batch_size,
                    "--limit", args.train_limit, "--train_data", batch.train_path, "--valid_data", batch.valid_path,
                    "--eval_num", args.eval_num, "--pred_step", args.pred_step, "--seed", args.seed,
-                   "--device", args.device, "--keep_last", "1", "--no-save_loss_plot"]
+                   "--device", args.device, "--precision", args.precision, "--keep_last", "1",
+                   "--no-save_loss_plot"]
         finished = self._run("train", "training", tasks, command,
                              batch.read_only_split(batch.train_path) + batch.read_only_split(batch.valid_path),
                              file_bytes=2 << 30, use_devices=True)
@@ -669,6 +680,7 @@ class Phases:
             checkpoint = self.inputs / f"{task}.pth"
             shutil.copyfile(exported, checkpoint)
             check_student_checkpoint(checkpoint, task)
+            self.record["tasks"][task]["precision"] = trained_precision(checkpoint)
             self.running[task] = checkpoint
 
     def reconstruct(self):
@@ -772,6 +784,7 @@ def table_rows(records: list) -> list:
                 row[f"{task}_{metric}"] = entry.get(metric)
             row[f"{task}_grade"] = entry.get("score")
             row[f"{task}_source"] = entry.get("source") if "score" in entry else None
+            row[f"{task}_precision"] = entry.get("precision")
             total += entry.get("score") or 0.0
         row["total"] = total
         row["integrity"] = ";".join(f"{f['task']}:{f['flag']}" if f.get("task") else f["flag"]
@@ -951,6 +964,10 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
     grade.add_argument("--seed", type=int, default=defaults.seed,
                        help="seed of training and of the z ~ N(0, I) draws, the same for every student")
     grade.add_argument("--device", default="cpu", help="torch device for training (the other phases run on cpu)")
+    grade.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="arithmetic of training: fp32 (default: every student of a class trains alike, whatever "
+                            "machine grades them), bf16 autocast, or auto (bf16 where the hardware is fast at it); "
+                            "a model that fails under bf16 goes on in fp32, and the table says so")
     grade.add_argument("--import_time_limit", type=float, default=120.0,
                        help="seconds for importing submission.py and checking its contract")
     grade.add_argument("--time_limit", type=float, default=3600.0,
