@@ -1,4 +1,4 @@
-"""The sealed autograder (tools/autograde.py): honest corpus, one cheat per threat category, --jobs,
+"""The sealed autograder (tools/autograde/): honest corpus, one cheat per threat category, --jobs,
 --require_isolation, and the integrity measures on their own.
 
 One autograde run (module-scoped) grades HONEST + CHEATS + the reference + two broken submissions with a
@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ import torch
 
 from conftest import ROOT, first_images
 from data_utils import LabError, atomic_torch_save, load_split
-from tools import autograde, course, sandbox
+from tools import autograde, kit, sandbox
+from tools.autograde import integrity, orchestration, phases, reports, similarity
 
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
 # Two honest styles, each exercising a path of the grader that the cheats do not: a latent_dim other than
@@ -91,7 +93,7 @@ def graded(tmp_path_factory, tiny_valid, tiny_train):
     for task in ("VAE0label", "Genwithlabel"):
         shutil.copyfile(ROOT / "checkpoints" / task / "default.pth", students / "reference" / "checkpoints" / f"{task}.pth")
     (students / "starter").mkdir()
-    (students / "starter" / "submission.py").write_text(course.strip_solution((ROOT / "submission.py").read_text()))
+    (students / "starter" / "submission.py").write_text(kit.strip_solution((ROOT / "submission.py").read_text()))
     (students / "syntax").mkdir()
     (students / "syntax" / "submission.py").write_text("import torch\n\nclass VAE(torch.nn.Module:\n    pass\n")
     # Handed-in checkpoints (untrained weights; they skip the training phase, whose cost the cheat does not
@@ -193,7 +195,7 @@ def test_honest_corpus_is_graded_without_flags(graded, tiny_valid):
             assert float(row[f"{task}_ssim"]) == again["ssim"] and float(row[f"{task}_mse"]) == again["mse"]
             if task == "Genwithlabel":
                 assert float(row["Genwithlabel_fid"]) == again["fid"]
-                assert entry["copy_check"]["fraction"] <= autograde.COPY_FRACTION
+                assert entry["copy_check"]["fraction"] <= integrity.COPY_FRACTION
         assert float(row["total"]) == pytest.approx(float(row["VAE0label_grade"]) + float(row["Genwithlabel_grade"]))
     # latent_dim is the grader's: the constructor default read from the source (else 8, the cheats' case)
     assert records["embedding_label"]["tasks"]["Genwithlabel"]["latent_dim"] == 32
@@ -216,7 +218,7 @@ def test_the_reference_answer_is_graded_unflagged_from_its_shipped_checkpoints(g
 def test_table_report_and_progress_lines(graded):
     out, rows, stdout, report = graded["out"], graded["rows"], graded["stdout"], graded["report"]
     with open(out, newline="") as handle:
-        assert next(csv.reader(handle)) == autograde.TABLE_COLUMNS
+        assert next(csv.reader(handle)) == reports.TABLE_COLUMNS
     assert list(rows) == sorted(rows) and len(rows) == len(HONEST) + len(CHEATS) + 3
     markdown = out.with_suffix(".md").read_text()
     assert markdown.startswith("Isolation: ") and "## Integrity flags" in markdown
@@ -264,7 +266,7 @@ def test_memorised_samples_are_caught_as_copies(graded):
     assert "Genwithlabel:copied-samples" in row["integrity"].split(";")
     copies = entry["copy_check"]
     assert copies["flagged"] and copies["fraction"] > 0.5 and copies["examples"][0]["split"] == "train"
-    assert copies["examples"][0]["distance"] < autograde.COPY_DISTANCE
+    assert copies["examples"][0]["distance"] < integrity.COPY_DISTANCE
     from grade import grade
     assert entry["fid_term_zeroed"] and entry["score"] == grade("Genwithlabel", entry["ssim"], entry["mse"],
                                                                 entry["latent_dim"], 10.0)
@@ -275,7 +277,7 @@ def test_copy_samples_finds_no_split_in_the_sandbox(graded):
     record = graded["records"]["copy_samples"]
     entry = record["tasks"].get("Genwithlabel", {})
     assert "copied-samples" not in graded["rows"]["copy_samples"]["integrity"]
-    assert entry.get("copy_check", {"fraction": 0})["fraction"] <= autograde.COPY_FRACTION or \
+    assert entry.get("copy_check", {"fraction": 0})["fraction"] <= integrity.COPY_FRACTION or \
         "Genwithlabel generate" in graded["rows"]["copy_samples"]["errors"]
 
 
@@ -328,7 +330,7 @@ def test_copied_pair_is_listed_in_the_similarity_section(graded):
 def test_jobs_2_gives_the_rows_of_a_serial_run(graded, serial):
     parallel, alone = graded["rows"]["copy_samples"], serial["rows"]["copy_samples"]
     # its reconstructions are honest in both tasks; only its Genwithlabel samples differ without isolation
-    columns = [c for c in autograde.TABLE_COLUMNS if c.startswith("VAE0label") or c in ("Genwithlabel_ssim",
+    columns = [c for c in reports.TABLE_COLUMNS if c.startswith("VAE0label") or c in ("Genwithlabel_ssim",
                                                                                           "Genwithlabel_mse")]
     assert len(columns) == 7 and parallel["VAE0label_grade"] != "" and parallel["Genwithlabel_mse"] != ""
     assert {c: alone[c] for c in columns} == {c: parallel[c] for c in columns}
@@ -355,6 +357,15 @@ def test_require_isolation_refuses_in_one_line(monkeypatch, tmp_path, tiny_valid
     assert "not installed (simulated)" in str(raised.value) and not (tmp_path / "g.csv").exists()
 
 
+def phase_stub(tmp_path, outcome, failures, running):
+    """A Student whose phases all end with `outcome`, their work in tmp_path/work, failures collected."""
+    student = phases.Student(tmp_path / "student", tmp_path, tmp_path / "logs", failures.append)
+    student.running.update(running)
+    student.fail = failures.append
+    student.run_phase = lambda *args, **kwargs: (outcome, tmp_path / "work")
+    return student
+
+
 def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkeypatch):
     """Both tasks share each phase's process: a task whose work raises gets its one-line error and is dropped;
     the other goes on. A phase killed before a task was done fails that task with the phase's error."""
@@ -374,35 +385,33 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
         def __init__(self, ok, error=None):
             self.ok, self.error = ok, error
     failures = []
+    batch = SimpleNamespace(args=SimpleNamespace(time_limit=2))
     for outcome, expected in ((Result(True), "RuntimeError: out of memory (simulated) at a"),
                               (Result(False, "killed: wall-clock limit of 2 s"), "killed: wall-clock limit of 2 s")):
         if not outcome.ok:  # the process died after Genwithlabel: VAE0label has neither done nor error.txt
             (tmp_path / "work" / "VAE0label" / "error.txt").unlink()
-        running = {"VAE0label": "v.pth", "Genwithlabel": "g.pth"}
-        batch = type("Batch", (), {"args": type("Args", (), {"time_limit": 2})()})()
-        phases = autograde.Phases(batch, tmp_path, tmp_path, lambda *a, **k: (outcome, tmp_path / "work"),
-                                  {"tasks": {}}, running, failures.append)
-        finished = phases._run("reconstruct", "reconstruct", ["VAE0label", "Genwithlabel"], [], [])
+        student = phase_stub(tmp_path, outcome, failures, {"VAE0label": "v.pth", "Genwithlabel": "g.pth"})
+        running = student.running
+        finished = phases.Phases(batch, student)._run("reconstruct", "reconstruct", ["VAE0label", "Genwithlabel"], [], [])
         assert finished == {"Genwithlabel": tmp_path / "work" / "Genwithlabel"}
         assert running == {"Genwithlabel": "g.pth"} and failures.pop() == f"VAE0label reconstruct: {expected}"
     # What a phase writes is read without following links: they would lead outside its sandbox.
     secret = tmp_path / "grader_only.txt"
     secret.write_text("the grader's own file")
     (tmp_path / "work" / "VAE0label" / "error.txt").symlink_to(secret)
-    running = {"VAE0label": "v.pth"}
-    phases = autograde.Phases(batch, tmp_path, tmp_path, lambda *a, **k: (Result(True), tmp_path / "work"),
-                              {"tasks": {}}, running, failures.append)
-    assert phases._run("decode", "decode", ["VAE0label"], [], []) == {} and running == {}
+    student = phase_stub(tmp_path, Result(True), failures, {"VAE0label": "v.pth"})
+    assert phases.Phases(batch, student)._run("decode", "decode", ["VAE0label"], [], []) == {}
+    assert student.running == {}
     assert failures.pop() == "VAE0label decode: error.txt is a symbolic link; a phase must write plain files"
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").unlink()
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").symlink_to(secret)
     with pytest.raises(LabError, match="recon.npy is a symbolic link"):
-        autograde._load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", np.uint8, (1, 28, 28), "reconstruct")
+        phases._load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", np.uint8, (1, 28, 28), "reconstruct")
 
 
 # ---------------------------------------------------------------- the measures on their own
 def test_source_latent_dim_reads_the_constructor_default_without_running_code():
-    read = autograde.source_latent_dim
+    read = orchestration.source_latent_dim
     assert read("class VAE:\n    def __init__(self, latent_dim=12, h=3): pass\n", "VAE") == 12
     assert read("class VAE:\n    def __init__(self, *, latent_dim: int = 5): pass\n", "VAE") == 5
     assert read("class VAE:\n    def __init__(self, latent_dim=None): pass\n", "VAE") is None
@@ -413,34 +422,34 @@ def test_source_latent_dim_reads_the_constructor_default_without_running_code():
 
 
 def test_similarity_separates_the_copied_pair_from_the_honest_corpus():
-    tokens = {p.stem: autograde.normalised_tokens(p.read_text())
+    tokens = {p.stem: similarity.normalised_tokens(p.read_text())
               for p in [*SUBMISSIONS.glob("*.py"), CHEATS_DIR / "copied_a.py", CHEATS_DIR / "copied_b.py"]}
-    copied = autograde.source_similarity(tokens["copied_a"], tokens["copied_b"])
-    honest = max(autograde.source_similarity(tokens[a], tokens[b]) for a in tokens for b in tokens
+    copied = similarity.source_similarity(tokens["copied_a"], tokens["copied_b"])
+    honest = max(similarity.source_similarity(tokens[a], tokens[b]) for a in tokens for b in tokens
                  if a < b and {a, b} != {"copied_a", "copied_b"})
     print(f"copied pair {copied:.3f}, most similar other pair {honest:.3f}")
-    assert copied >= autograde.SOURCE_SIMILARITY > honest
+    assert copied >= similarity.SOURCE_SIMILARITY > honest
 
 
 def test_copy_check_on_exact_noisy_and_shifted_copies():
     images, _ = load_split("valid")
-    bank = autograde.ImageBank("valid", images[:3000])
+    bank = integrity.ImageBank("valid", images[:3000])
     rng = np.random.default_rng(0)
     real = images[:100]
     noisy = np.clip(real + rng.normal(0, 0.05 * 255, real.shape), 0, 255).round().astype(np.uint8)
-    for copies in (real, noisy, autograde.shifted(real, 1, 0), autograde.shifted(real, -1, 1)):
-        check = autograde.copy_check(copies.reshape(10, 10, 28, 28), [bank])
+    for copies in (real, noisy, integrity.shifted(real, 1, 0), integrity.shifted(real, -1, 1)):
+        check = integrity.copy_check(copies.reshape(10, 10, 28, 28), [bank])
         assert check["flagged"] and check["fraction"] == 1.0
     blurred = np.full((10, 10, 28, 28), 30, np.uint8)  # a grey blob is nobody's digit
-    assert not autograde.copy_check(blurred, [bank])["flagged"]
+    assert not integrity.copy_check(blurred, [bank])["flagged"]
 
 
 def test_bypass_check_rule():
     a = np.zeros((4, 28, 28), np.uint8)
-    assert not autograde.bypass_check(0.05, 0.05, a, a)["flagged"]             # identical: honest
-    assert not autograde.bypass_check(0.06, 0.05, a, a)["flagged"]             # sampling in eval: worse
-    assert autograde.bypass_check(0.0, 0.05, a, a)["flagged"]
-    assert autograde.bypass_check(0.025, 0.05, a, a)["flagged"]
+    assert not integrity.bypass_check(0.05, 0.05, a, a)["flagged"]             # identical: honest
+    assert not integrity.bypass_check(0.06, 0.05, a, a)["flagged"]             # sampling in eval: worse
+    assert integrity.bypass_check(0.0, 0.05, a, a)["flagged"]
+    assert integrity.bypass_check(0.025, 0.05, a, a)["flagged"]
 
 
 # ---------------------------------------------------------------- checkpoints handed in
@@ -458,29 +467,28 @@ def test_handed_in_checkpoints_load_without_running_code(tmp_path):
                                   device="cpu"), None, None)
     good = tmp_path / "gen.pth"
     atomic_torch_save(trainer.checkpoint(with_training_state=False), good)
-    assert autograde.check_student_checkpoint(good, "Genwithlabel") == 4
+    assert phases.check_student_checkpoint(good, "Genwithlabel") == 4
     with pytest.raises(LabError, match=r"checkpoints/VAE0label.pth is a Genwithlabel checkpoint"):
-        autograde.check_student_checkpoint(good, "VAE0label")
+        phases.check_student_checkpoint(good, "VAE0label")
     marker = tmp_path / "pwned"
     torch.save({"format": 1, "task": "VAE0label", "x": Payload(marker)}, tmp_path / "evil.pth")
     with pytest.raises(LabError, match=r"refused to load checkpoints/VAE0label.pth"):
-        autograde.check_student_checkpoint(tmp_path / "evil.pth", "VAE0label")
+        phases.check_student_checkpoint(tmp_path / "evil.pth", "VAE0label")
     assert not marker.exists()
     demo = torch.load(good, weights_only=True)
     demo.update(task="VAE0label", model="model.VAE")
     torch.save(demo, tmp_path / "demo.pth")
     with pytest.raises(LabError, match="holds a model.VAE model, not submission.VAE"):
-        autograde.check_student_checkpoint(tmp_path / "demo.pth", "VAE0label")
+        phases.check_student_checkpoint(tmp_path / "demo.pth", "VAE0label")
 
 
 def test_symbolic_links_are_refused_before_anything_is_read(tmp_path):
-    from types import SimpleNamespace
     student = tmp_path / "mallory"
     (student / "checkpoints").mkdir(parents=True)
     (student / "submission.py").write_text("x = 1\n")
     (student / "checkpoints" / "VAE0label.pth").symlink_to(ROOT / "dataset" / "test.npz")
     messages = []
-    record = autograde.grade_student(student, SimpleNamespace(args=None), tmp_path / "work", tmp_path / "logs",
-                                     messages.append)
+    record = orchestration.grade_student(SimpleNamespace(args=None),
+                                         phases.Student(student, tmp_path / "work", tmp_path / "logs", messages.append))
     assert record["errors"] == ["checkpoints/VAE0label.pth is a symbolic link: hand in the files themselves"]
     assert not (tmp_path / "work").exists()

@@ -8,6 +8,7 @@ import torch
 from conftest import ROOT
 from data_utils import LabError, load_split
 from tools import course
+from tools.kit import BEGIN_MARKER, END_MARKER, solution_regions, strip_solution
 
 SECTIONS = {"2.2.1", "2.2.2", "2.2.3", "2.2.4", "2.3", "3"}
 
@@ -35,8 +36,8 @@ def starter(kit):
 
 # ---------------------------------------------------------------- stripping
 def test_stripped_file_differs_from_the_solution_only_inside_the_markers(solution):
-    stripped = course.strip_solution(solution)
-    regions = course.solution_regions(solution)
+    stripped = strip_solution(solution)
+    regions = solution_regions(solution)
     assert {r.section for r in regions} == SECTIONS and len(regions) == 13
     old, new = solution.splitlines(), stripped.splitlines()
     inside = set()
@@ -48,7 +49,7 @@ def test_stripped_file_differs_from_the_solution_only_inside_the_markers(solutio
         assert set(range(i1, i2)) <= inside, f"lines {i1 + 1}..{i2} changed outside the markers"
     outside = [line for i, line in enumerate(old) if i not in inside]
     assert [line for line in new if "TODO" not in line and line.strip() != "pass"] == outside
-    assert not any(course.BEGIN_MARKER.match(line) or course.END_MARKER.match(line) for line in new)
+    assert not any(BEGIN_MARKER.match(line) or END_MARKER.match(line) for line in new)
     for answer in ("nn.Conv2d", "log_var.exp()", "torch.randn_like", "self.decoder(z, condition)"):
         assert answer in solution and answer not in stripped
     compile(stripped, "submission.py", "exec")
@@ -73,7 +74,7 @@ def test_strip_rules_on_a_small_file():
         "CONSTANT = 3\n"
         "# END SOLUTION\n"
     )
-    assert course.strip_solution(source) == (
+    assert strip_solution(source) == (
         "import os\n"
         "class A:\n"
         "    def __init__(self):\n"
@@ -87,7 +88,7 @@ def test_strip_rules_on_a_small_file():
         "# TODO 0: your code here.\n"
         "pass\n"
     )
-    assert course.strip_solution(source.replace("\n", "\r\n")) == course.strip_solution(source).replace("\n", "\r\n")
+    assert strip_solution(source.replace("\n", "\r\n")) == strip_solution(source).replace("\n", "\r\n")
 
 
 @pytest.mark.parametrize("source, message", [
@@ -102,13 +103,13 @@ def test_strip_rules_on_a_small_file():
 ])
 def test_marker_mistakes_are_named(source, message):
     with pytest.raises(LabError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        course.strip_solution(source)
+        strip_solution(source)
 
 
 # ---------------------------------------------------------------- the starter kit
 def test_kit_contents(kit, solution):
     files = {p.relative_to(kit).as_posix() for p in kit.rglob("*") if p.is_file()}
-    assert (kit / "submission.py").read_text() == course.strip_solution(solution)
+    assert (kit / "submission.py").read_text() == strip_solution(solution)
     assert {"submission.py", "model.py", "trainer.py", "train.py", "inference.py", "grade.py", "data_utils.py",
             "tasks.py", "dataset/train.npz", "dataset/valid.npz", "dataset/SHA256SUMS", "check_submission.py",
             course.STARTER_NOTE} <= files
@@ -153,4 +154,4 @@ def test_starter_imports_builds_and_stubs_name_their_section(starter):
     assert starter.GenModel.decode.__doc__ == submission.GenModel.decode.__doc__
 
 
-# Checkpoints handed in and batch autograding: tests/test_autograde.py (tools/autograde.py).
+# Checkpoints handed in and batch autograding: tests/test_autograde.py (tools/autograde/).

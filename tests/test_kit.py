@@ -8,6 +8,7 @@ import pytest
 
 from conftest import ROOT, run
 from tools import course
+from tools.kit import strip_solution
 
 
 def in_kit(kit, script, *args):
@@ -37,7 +38,7 @@ def solution_with_sections_written(sections) -> str:
                 continue
         kept.append(line)
     text = "".join(kept)
-    return course.strip_solution(text) if "# BEGIN SOLUTION" in text else text
+    return strip_solution(text) if "# BEGIN SOLUTION" in text else text
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,68 @@
+"""The autograder's outputs: OUT.csv (one row per student), OUT.md (the same, rounded, with the flags
+and the similarity section) and OUT.json (everything, per student)."""
+import csv
+import io
+import json
+from pathlib import Path
+
+from data_utils import atomic_write_bytes
+
+TABLE_COLUMNS = ["student",
+                 "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source", "VAE0label_precision",
+                 "Genwithlabel_ssim", "Genwithlabel_mse", "Genwithlabel_fid", "Genwithlabel_grade",
+                 "Genwithlabel_source", "Genwithlabel_precision", "total", "integrity", "errors"]
+METRICS = {"VAE0label": ("ssim", "mse"), "Genwithlabel": ("ssim", "mse", "fid")}
+
+
+def table_rows(records: list) -> list:
+    rows = []
+    for record in records:
+        row = {"student": record["student"], "errors": "; ".join(record["errors"])}
+        total = 0.0
+        for task, metrics in METRICS.items():
+            entry = record["tasks"].get(task, {})
+            for metric in metrics:
+                row[f"{task}_{metric}"] = entry.get(metric)
+            row[f"{task}_grade"] = entry.get("score")
+            row[f"{task}_source"] = entry.get("source") if "score" in entry else None
+            row[f"{task}_precision"] = entry.get("precision")
+            total += entry.get("score") or 0.0
+        row["total"] = total
+        row["integrity"] = ";".join(f"{f['task']}:{f['flag']}" if f.get("task") else f["flag"]
+                                    for f in record.get("flags", []))
+        rows.append(row)
+    return rows
+
+
+def write_tables(records: list, out: Path, report: dict) -> list:
+    """OUT.csv (full precision), OUT.md (rounded, with the flags and similarity sections) and OUT.json."""
+    rows = table_rows(records)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
+    csv_path, md_path, json_path = out, out.with_suffix(".md"), out.with_suffix(".json")
+    atomic_write_bytes(csv_path, buffer.getvalue().encode())
+
+    def cell(column, value):
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.2f}" if column.endswith("_grade") or column == "total" else f"{value:.4f}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    lines = [f"Isolation: {report['isolation']}", ""]
+    if not report["isolated"]:
+        lines += ["**WARNING: isolation was not enforced**: student code ran with the grader's rights "
+                  "(file system, network); the integrity checks below still ran.", ""]
+    lines += ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(cell(c, row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
+    lines += ["", "## Integrity flags", ""]
+    flagged = [(r["student"], f) for r in records for f in r.get("flags", [])]
+    lines += [f"- **{name}** {f.get('task', '')} `{f['flag']}`: {f['evidence']}" for name, f in flagged] or ["none"]
+    lines += ["", "## Similarity between students", ""]
+    lines += [f"- {' and '.join(p['students'])}: `{p['kind']}`" + (f" ({p['task']})" if p.get("task") else "")
+              + f" {p['value']:.3f}" for p in report.get("similarity", [])] or ["none above the thresholds"]
+    atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(json_path, (json.dumps(dict(report, students=records), indent=2) + "\n").encode())
+    return [csv_path, md_path, json_path]
