@@ -75,7 +75,7 @@ MUTANTS = [
      "    classifier.eval()\n    images = as_float_images(images)", "    classifier.train()\n    images = as_float_images(images)",
      ["tests/test_evaluation.py::test_an_images_features_do_not_depend_on_the_rest_of_its_batch"]),
     ("a task the killed phase never finished counted as done", "tools/autograde/phases.py",
-     "                elif not _phase_file(done):", "                elif False:",
+     '                elif read_untrusted(work / task / "done", work, 1 << 10) is None:', "                elif False:",
      ["tests/test_autograde.py::test_a_task_failing_in_a_phase_leaves_the_other_task_graded"]),
     ("one task's exception stops the phase's other task", "tools/autograde_phases.py",
      "        except Exception as error:\n            traceback.print_exc()",

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools import sandbox  # noqa: E402
-from tools.sandbox import Limits, run_phase  # noqa: E402
+from tools.sandbox import CPU_GRACE_SECONDS, Limits, disk_usage, run_phase  # noqa: E402
 
 PY = sys.executable
 MiB = 1 << 20
@@ -303,3 +303,40 @@ def test_torch_and_the_lab_packages_import_under_the_limits(dirs, isolated):
                         seconds=120, memory_bytes=6 << 30, env={"OMP_NUM_THREADS": "1"})
     assert result.ok, (result, log[-2000:])
     assert json.loads(log.strip().splitlines()[-1])["torch"] and (work / "plot.png").is_file()
+
+
+def test_the_cpu_time_limit_stops_a_phase_that_computes_too_long(dirs, mode):
+    """CPU time, not wall time: a phase that sleeps is not stopped by it, one that computes is, even if it
+    ignores SIGXCPU (SIGKILL follows)."""
+    result, _ = phase(py("import time; time.sleep(1.5); print('slept')"), dirs, isolate=mode, cpu_seconds=1)
+    assert result.ok, result
+    result, _ = phase(py("while True: pass"), dirs, isolate=mode, cpu_seconds=1)
+    assert not result.ok and result.error.startswith("killed by SIGXCPU (used more CPU time than the limit, 1 s)")
+    ignoring = "import signal; signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True: pass"
+    started = time.perf_counter()
+    result, _ = phase(py(ignoring), dirs, isolate=mode, cpu_seconds=1)
+    assert not result.ok and "SIGKILL" in result.error and time.perf_counter() - started < 1 + CPU_GRACE_SECONDS + 5
+
+
+def test_the_work_folder_limit_stops_a_phase_that_fills_the_disk(dirs, mode):
+    """Many files, each under the file size limit, together over the work folder's limit: killed, and
+    the disk is not filled (each file is stopped at the file size limit)."""
+    lab, work = dirs
+    fill = f"for i in range(100): open(r'{work}/f%d' % i, 'wb').write(b'x' * (1 << 20))\nimport time; time.sleep(30)"
+    started = time.perf_counter()
+    result, _ = phase(py(fill), dirs, isolate=mode, file_bytes=2 * MiB, work_bytes=8 * MiB)
+    assert not result.ok and "its files in the work folder took more than 8 MiB of disk" in result.error, result
+    assert time.perf_counter() - started < 10
+    # a phase that stays under it is not disturbed
+    result, _ = phase(py(f"open(r'{work}/small', 'wb').write(b'x' * 1000)"), dirs, isolate=mode, work_bytes=8 * MiB)
+    assert result.ok, result
+
+
+def test_disk_usage_counts_allocated_blocks_without_following_links(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "data").write_bytes(b"x" * (1 << 20))
+    with open(tmp_path / "sparse", "wb") as handle:  # 1 GiB apparent, nothing written
+        handle.truncate(1 << 30)
+    (tmp_path / "link").symlink_to("/usr")
+    used = disk_usage(tmp_path)
+    assert (1 << 20) <= used < (1 << 20) + 64 * 1024

@@ -38,6 +38,12 @@ Limits, with or without bubblewrap (set by setrlimit in the child before exec, i
                 root without a writable pids cgroup the process limit is not enforced;
                 process_limit() says which applies.
   file_bytes    RLIMIT_FSIZE: the largest file it may write, the log included
+  work_bytes    the disk space of everything in the work folder together: checked twice a second,
+                and the phase is killed when it is over (a burst between two checks can overshoot
+                by what the disk writes in half a second, each file still under file_bytes)
+  cpu_seconds   RLIMIT_CPU: CPU time per process (all its threads together); SIGXCPU, then SIGKILL
+                CPU_GRACE_SECONDS later. A child process has its own count: with the process limit,
+                a phase can use at most `processes` times this
   tmp_bytes     size of the private /tmp and /dev/shm tmpfs (bubblewrap only)
   RLIMIT_CORE is 0. Without bubblewrap, nothing hides or protects the file system or network:
   isolation() says why, and the caller should warn or refuse (--require_isolation).
@@ -70,6 +76,8 @@ ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/n
 BLOCKED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONINSPECT",
                "PYTHONSAFEPATH", "PYTHONEXECUTABLE", "LD_PRELOAD", "LD_AUDIT")
 GiB = 1 << 30
+CPU_GRACE_SECONDS = 2  # between the CPU limit's SIGXCPU (which a process may catch) and its SIGKILL
+WORK_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -80,6 +88,8 @@ class Limits:
     file_bytes: int = 2 * GiB      # largest file it may write (RLIMIT_FSIZE), the log included
     tmp_bytes: int = 512 << 20     # size of the private /tmp and /dev/shm (bubblewrap only)
     memory_rlimit: str = "AS"      # "AS" (address space) or "DATA" (data + anonymous mmap; for CUDA)
+    work_bytes: int = None         # disk space of the work folder, all files together (None: no limit)
+    cpu_seconds: float = None      # CPU time per process (None: no limit)
 
 
 @dataclass
@@ -414,11 +424,14 @@ def _set_limits(limits: Limits, nproc):
     memory = resource.RLIMIT_DATA if limits.memory_rlimit.upper() == "DATA" else resource.RLIMIT_AS
     settings = [(resource.RLIMIT_FSIZE, int(limits.file_bytes)), (memory, int(limits.memory_bytes)),
                 (resource.RLIMIT_CORE, 0)]
+    if limits.cpu_seconds is not None:
+        cpu = max(1, int(limits.cpu_seconds))
+        settings.append((resource.RLIMIT_CPU, (cpu, cpu + CPU_GRACE_SECONDS)))
     if nproc is not None:
         settings.append((resource.RLIMIT_NPROC, nproc))
     for which, value in settings:
         try:
-            resource.setrlimit(which, (value, value))
+            resource.setrlimit(which, value if isinstance(value, tuple) else (value, value))
         except (ValueError, OSError):
             pass
 
@@ -443,6 +456,26 @@ def last_error_line(log: Path) -> str:
             if re.match(pattern, line):
                 return re.sub(r"^error: ", "", line)[:240]
     return lines[-1][:240] if lines else ""
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes of disk the files under `folder` take (allocated blocks, so a sparse file counts what it
+    uses), without following links; files that vanish while counting are skipped."""
+    total, stack = 0, [str(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += info.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    return total
 
 
 def _size(number: int) -> str:
@@ -473,7 +506,9 @@ def _signal_error(number: int, limits: Limits) -> str:
     except ValueError:
         name = f"signal {number}"
     why = {"SIGXFSZ": f"wrote a file larger than the limit, {_size(limits.file_bytes)}",
-           "SIGKILL": "out of memory?", "SIGSEGV": "crashed", "SIGABRT": "aborted"}.get(name, "")
+           "SIGXCPU": f"used more CPU time than the limit, {limits.cpu_seconds or 0:g} s",
+           "SIGKILL": "out of memory, or past the CPU time limit?" if limits.cpu_seconds else "out of memory?",
+           "SIGSEGV": "crashed", "SIGABRT": "aborted"}.get(name, "")
     return f"killed by {name}" + (f" ({why})" if why else "")
 
 
@@ -517,7 +552,7 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                 pass
 
     started = time.perf_counter()
-    timed_out = False
+    timed_out = over_disk = False
     try:
         with open(log, "wb") as output, _etc_data() as (fds, command_fds):
             if available:
@@ -530,10 +565,19 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
             except OSError as error:
                 return PhaseResult(False, f"could not start {argv[0]}: {error.strerror or error}",
                                    time.perf_counter() - started, available)
+            deadline = started + limits.seconds
             try:
-                code = process.wait(timeout=limits.seconds)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+                while True:  # the wall clock, and the work folder's disk space twice a second
+                    try:
+                        process.wait(timeout=max(0.0, min(WORK_POLL_SECONDS, deadline - time.perf_counter())))
+                        break
+                    except subprocess.TimeoutExpired:
+                        if time.perf_counter() >= deadline:
+                            timed_out = True
+                            break
+                        if limits.work_bytes is not None and disk_usage(work) > limits.work_bytes:
+                            over_disk = True
+                            break
             finally:  # the whole group, even after a normal end: stray children
                 try:
                     os.killpg(process.pid, signal.SIGKILL)
@@ -548,6 +592,9 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
     seconds = time.perf_counter() - started
     if timed_out:
         return PhaseResult(False, f"timed out after {limits.seconds:g} s (killed)", seconds, available)
+    if over_disk:
+        return PhaseResult(False, f"its files in the work folder took more than {_size(limits.work_bytes)} of disk "
+                                  f"(killed)", seconds, available)
     if code == 0:
         return PhaseResult(True, "", seconds, available)
     # bwrap's init reports a child killed by signal N as exit code 128 + N

@@ -1,31 +1,89 @@
 """The integrity measures of the autograder: pure functions of the arrays the phases wrote and of
 the real images, so they are tested alone (tests/test_integrity.py) and calibrated with
-`python -m tools.autograde calibrate CHECKPOINT` (docs/course.md, "Integrity")."""
+`python -m tools.autograde calibrate CHECKPOINT` (docs/course.md, "Integrity").
+
+Each measure bounds a whole category of cheating by what the grade is computed from, not by
+recognising one trick:
+  bound_by_decode   the grade of the reconstructions is at most what decode makes of the codes
+                    (SSIM and MSE together: the whole score, not one term of it)
+  perturbation      decode of the codes moved by PERTURBATION x their spread: bits hidden in the
+                    low digits of a code, or a code that is an index, do not survive it
+  copy_check        samples nearer to a training image than real held-out digits of their label come
+  legibility        samples the classifier does not read as their label
+"""
 import numpy as np
 
-from data_utils import load_split
+from data_utils import NUM_CLASSES, load_split
 
-# recon-bypasses-code: forward MSE < BYPASS_RATIO * verified MSE - BYPASS_EPS
-BYPASS_RATIO = 0.8
-BYPASS_EPS = 1e-4
-# copied-samples: a sample whose nearest real image (mean squared pixel difference, 0-1 scale, best
-# of the 9 one-pixel shifts of the sample) lies below COPY_DISTANCE is a near-copy; above
-# COPY_FRACTION of the samples, the FID term of the grade is zeroed.
-COPY_DISTANCE = 0.005
+# The reconstructions are graded from forward while forward's score is within BYPASS_TOLERANCE
+# (relative) plus MARGIN_POINTS of the score of decode(mu); beyond it, from decode(mu):
+# recon-bypasses-code. (The margin keeps grades near 0, as after a tiny budget, from flagging on noise.)
+BYPASS_TOLERANCE = 0.02
+MARGIN_POINTS = 0.1
+# Codes are moved by PERTURBATION times the spread (standard deviation over the graded images) of each
+# of their numbers before a second decode. An honest decoder, trained on codes drawn with the
+# posterior's noise, barely changes (the shipped models lose 0.4 to 0.6% of their grade at 0.05, 1.4
+# to 2.1% at 0.1); beyond PERTURBATION_TOLERANCE (relative drop of the score, and MARGIN_POINTS) the
+# decode of the moved codes is graded: code-beyond-latent-dim. Calibrated in docs/course.md.
+PERTURBATION = 0.05
+PERTURBATION_TOLERANCE = 0.10
+# copied-samples: a sample of label c whose nearest training image (mean squared pixel difference,
+# 0-1 scale, best of the 9 one-pixel shifts of the sample) is nearer than COPY_RELATIVE times the
+# 1st percentile of the same distance for real held-out digits of label c is a near-copy; above
+# COPY_FRACTION of the samples, the FID term of the grade is zeroed. Honest samples are somewhat
+# nearer than real digits (they are smoother), never half as near (docs/course.md).
+COPY_RELATIVE = 0.5
+COPY_PERCENTILE = 1
+COPY_HELD_OUT_PER_LABEL = 300
 COPY_SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 COPY_FRACTION = 0.05
+# illegible-samples: the project's classifier reads fewer than LEGIBILITY_FLOOR of the samples as their
+# label (honest trained models: 97 to 99%; chance: 10%) while the FID term pays: FID term zeroed.
+LEGIBILITY_FLOOR = 0.5
 
 
-def bypass_check(forward_mse: float, verified_mse: float, recon: np.ndarray, verified: np.ndarray,
-                 examples: int = 5) -> dict:
-    """Is the forward reconstruction clearly better than decode(mu) of its own codes?"""
-    flagged = forward_mse < BYPASS_RATIO * verified_mse - BYPASS_EPS
+def bound_by_decode(forward: dict, decoded: dict, recon: np.ndarray, verified: np.ndarray, examples: int = 5) -> dict:
+    """Is forward's grade (`forward`, grade.grade_arrays' result) clearly above the grade of decode(mu)
+    (`decoded`)? Then the reconstructions did not come through the code, and decode's grade counts."""
+    flagged = forward["score_uncapped"] > decoded["score_uncapped"] * (1 + BYPASS_TOLERANCE) + MARGIN_POINTS
     per_image = np.mean(((recon.astype(np.float64) - verified.astype(np.float64)) / 255.0) ** 2, axis=(1, 2))
     worst = np.argsort(-per_image, kind="stable")[:examples]
-    return {"flagged": bool(flagged), "forward_mse": forward_mse, "verified_mse": verified_mse,
-            "ratio": forward_mse / verified_mse if verified_mse > 0 else None,
+    return {"flagged": bool(flagged), "forward_score": forward["score_uncapped"],
+            "decode_score": decoded["score_uncapped"],
+            "forward_mse": forward["mse"], "verified_mse": decoded["mse"],
+            "forward_ssim": forward["ssim"], "verified_ssim": decoded["ssim"],
+            "ratio": forward["mse"] / decoded["mse"] if decoded["mse"] > 0 else None,
             "identical": bool(np.array_equal(recon, verified)),
             "most_different": [{"image": int(i), "mse": float(per_image[i])} for i in worst if per_image[i] > 0]}
+
+
+def perturbed_codes(codes: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """codes [N, D] moved by PERTURBATION times each number's spread over the N codes, in a random
+    direction: float32, as the decode phase gets them."""
+    spread = codes.astype(np.float64).std(axis=0, keepdims=True)
+    noise = generator.standard_normal(codes.shape)
+    return (codes + PERTURBATION * spread * noise).astype(np.float32)
+
+
+def perturbation_check(verified: dict, perturbed: dict) -> dict:
+    """How much the grade falls when decode gets the codes moved by PERTURBATION x their spread."""
+    points = verified["score_uncapped"] - perturbed["score_uncapped"]
+    drop = points / max(verified["score_uncapped"], 1e-9)
+    return {"flagged": bool(drop > PERTURBATION_TOLERANCE and points > MARGIN_POINTS), "relative_drop": float(drop),
+            "scale": PERTURBATION,
+            "verified_score": verified["score_uncapped"], "perturbed_score": perturbed["score_uncapped"],
+            "verified_mse": verified["mse"], "perturbed_mse": perturbed["mse"],
+            "verified_ssim": verified["ssim"], "perturbed_ssim": perturbed["ssim"]}
+
+
+def legibility(samples: np.ndarray, classifier) -> dict:
+    """The share of samples (uint8 [10, K, 28, 28], row c drawn for label c) that the classifier reads
+    as their label, overall and per label."""
+    from classifier import classify
+    _, predictions = classify(classifier, samples.reshape(-1, *samples.shape[2:]))
+    correct = predictions.reshape(samples.shape[:2]) == np.arange(len(samples))[:, None]
+    return {"flagged": bool(correct.mean() < LEGIBILITY_FLOOR), "overall": float(correct.mean()),
+            "per_label": [float(row.mean()) for row in correct], "floor": LEGIBILITY_FLOOR}
 
 
 class ImageBank:
@@ -79,50 +137,71 @@ def nearest_real(samples: np.ndarray, banks: list, shifts=COPY_SHIFTS):
     return best, where
 
 
-def copy_check(samples: np.ndarray, banks: list, examples: int = 5) -> dict:
-    """Near-copies among the generated samples (uint8 [10, K, 28, 28])."""
+def copy_thresholds(held_out: np.ndarray, labels: np.ndarray, train_bank: ImageBank,
+                    per_label: int = COPY_HELD_OUT_PER_LABEL) -> np.ndarray:
+    """Per label c: COPY_RELATIVE x the COPY_PERCENTILE-th percentile of how near real held-out digits of
+    label c (up to `per_label` of them) come to the training images. A held-out image identical to a
+    training image (a split that overlaps the training split) is left out: it is not held out."""
+    thresholds = np.zeros(NUM_CLASSES)
+    for label in range(NUM_CLASSES):
+        images = held_out[labels == label][:per_label]
+        distance, _ = nearest_real(images, [train_bank]) if len(images) else (np.zeros(0), [])
+        distance = distance[distance > 1e-6]
+        if len(distance):
+            thresholds[label] = COPY_RELATIVE * np.percentile(distance, COPY_PERCENTILE)
+    return thresholds
+
+
+def copy_check(samples: np.ndarray, banks: list, thresholds: np.ndarray, examples: int = 5) -> dict:
+    """Near-copies among the generated samples (uint8 [10, K, 28, 28], row c drawn for label c): samples
+    nearer to a real image than their label's threshold (copy_thresholds)."""
     flat = samples.reshape(-1, *samples.shape[2:])
     distance, where = nearest_real(flat, banks)
-    copies = np.nonzero(distance < COPY_DISTANCE)[0]
+    per_label = samples.shape[1]
+    sample_thresholds = np.repeat(np.asarray(thresholds, dtype=np.float64), per_label)
+    copies = np.nonzero(distance < sample_thresholds)[0]
     fraction = len(copies) / len(flat)
     order = copies[np.argsort(distance[copies], kind="stable")][:examples]
-    per_label = samples.shape[1]
     return {"flagged": bool(fraction > COPY_FRACTION), "fraction": fraction, "copies": int(len(copies)),
-            "samples": int(len(flat)), "threshold": COPY_DISTANCE,
+            "samples": int(len(flat)), "thresholds": [float(t) for t in thresholds],
             "median_distance": float(np.median(distance)), "min_distance": float(distance.min()),
             "examples": [{"sample": int(i), "label": int(i // per_label), "split": where[i][0],
                           "image": where[i][1], "shift": list(where[i][2]), "distance": float(distance[i])}
                          for i in order]}
 
 
-def calibrate(checkpoint, train="train", grading="test", per_label: int = 100, seed: int = 42) -> dict:
-    """Print the nearest-real-image distances (no shift and best of COPY_SHIFTS) of an honest model's
-    samples and of exact, noisy and shifted copies of training images: what COPY_DISTANCE is chosen
-    from. Runs the checkpoint's model in this process: use a model you trust (e.g. one you trained)."""
+def calibrate(checkpoint, train="train", held_out="valid", per_label: int = 100, seed: int = 42) -> dict:
+    """Print what the copy check's thresholds are chosen from: per label, how near real held-out digits
+    come to the training images, and which share of an honest model's samples, and of exact, noisy
+    and shifted copies of training images, falls below the thresholds. Runs the checkpoint's model in
+    this process: use a model you trust (e.g. one you trained)."""
     import contract
     import inference
     from checkpoint import load_checkpoint, model_from_checkpoint
-    train_images, _ = load_split(train)
-    banks = [ImageBank("train", train_images), ImageBank("grading", load_split(grading)[0])]
+    train_images, train_labels = load_split(train)
+    bank = ImageBank("train", train_images)
+    held_images, held_labels = load_split(held_out)
+    thresholds = copy_thresholds(held_images, held_labels, bank)
     loaded = load_checkpoint(checkpoint)
     latent_dim = loaded["model_kwargs"]["latent_dim"]
     model = model_from_checkpoint(loaded, checkpoint).eval()
     samples = inference.generate(contract.Decoder(model, latent_dim), latent_dim, per_label, seed, "cpu")
     rng = np.random.default_rng(0)
-    exact = train_images[rng.choice(len(train_images), 10 * per_label, replace=False)]
+    chosen = np.concatenate([rng.choice(np.nonzero(train_labels == c)[0], per_label, replace=False)
+                             for c in range(NUM_CLASSES)])
+    exact = train_images[chosen]
 
     def noisy(sigma):
         return np.clip(exact + rng.normal(0, sigma * 255, exact.shape), 0, 255).round().astype(np.uint8)
     sets = {f"honest samples ({loaded['model']}, latent_dim {latent_dim})": samples.reshape(-1, 28, 28),
             "exact copies": exact, "copies + noise sd 0.05": noisy(0.05), "copies + noise sd 0.10": noisy(0.10),
             "copies shifted 1 px": shifted(exact, 1, 0), "copies shifted 1 px diagonally": shifted(exact, 1, 1)}
-    result = {}
-    print("nearest real image, mean squared pixel difference (0-1 scale): percentiles 0, 1, 5, 50, 95, 100; "
-          f"fraction below COPY_DISTANCE={COPY_DISTANCE}")
+    print(f"thresholds per label (COPY_RELATIVE={COPY_RELATIVE} x percentile {COPY_PERCENTILE} of held-out "
+          f"{held_out} digits' distance to {train}): {np.round(thresholds, 5).tolist()}")
+    result = {"thresholds": thresholds}
     for name, images in sets.items():
-        for label, shifts in (("no shift", [(0, 0)]), ("9 shifts", COPY_SHIFTS)):
-            distance, _ = nearest_real(images, banks, shifts)
-            result[(name, label)] = distance
-            print(f"{name:>45} {label:>8}: {np.percentile(distance, [0, 1, 5, 50, 95, 100]).round(5)} "
-                  f"below: {np.mean(distance < COPY_DISTANCE):.3f}")
+        check = copy_check(images.reshape(NUM_CLASSES, per_label, 28, 28), [bank], thresholds)
+        result[name] = check
+        print(f"{name:>45}: {check['copies']} of {check['samples']} below ({100 * check['fraction']:.1f}%; "
+              f"flagged above {100 * COPY_FRACTION:.0f}%), median distance {check['median_distance']:.5f}")
     return result

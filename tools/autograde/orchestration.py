@@ -13,18 +13,26 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line
 from data_utils import LabError, load_split, resolve_split
 from hardware import PRECISIONS
 from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
-from tools.autograde.integrity import BYPASS_RATIO, COPY_DISTANCE, ImageBank, bypass_check, calibrate, copy_check
-from tools.autograde.phases import PHASE_SCRIPT, Phases, Student, build_lab, check_student_checkpoint
+from tools.autograde.integrity import (BYPASS_TOLERANCE, LEGIBILITY_FLOOR, PERTURBATION, ImageBank, bound_by_decode,
+                                      calibrate, copy_check, copy_thresholds, legibility, perturbation_check)
+from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, PHASE_SCRIPT, Phases, Student,
+                                   _load_array, build_lab, copy_untrusted, phase_json, read_untrusted, untrusted_file)
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import similarity_report
 from tools.kit import ROOT, SOLUTION_FILE, kit_manifest
 
-MAX_SUBMISSION_BYTES = 1 << 20
+# The train phase's CPU time per task, unless --train_cpu_seconds says: a start (imports, validation)
+# plus 4 ms per image and epoch, 4 times what our models cost on the AVX2 fp32 host (2 threads at
+# about 2,000 images/s: 1 ms of CPU per image), so that a model four times heavier still fits.
+TRAIN_CPU_BASE_SECONDS = 60
+TRAIN_CPU_SECONDS_PER_IMAGE = 0.004
 
 _print_lock = threading.Lock()
 
@@ -96,9 +104,14 @@ class Batch:
         self.num = min(args.inf_num, len(images)) if args.inf_num else len(images)
         self.images, self.labels = images[:self.num], labels[:self.num]
         self.grading_images, self.grading_labels = images, labels
-        load_split(self.valid_path)
+        valid_images, valid_labels = load_split(self.valid_path)
         train_images, _ = load_split(self.train_path)
         self.banks = [ImageBank("train", train_images), ImageBank("grading", images)]
+        # How near real digits the students never generated come to the training images, per label: the
+        # copy check's thresholds (the validation split is held out from the training split).
+        self.copy_thresholds = copy_thresholds(valid_images, valid_labels, self.banks[0])
+        from classifier import load_classifier
+        self.classifier, _ = load_classifier()
         lab, _ = kit_manifest(ROOT, include_test_split=False)
         # No data split in the lab copy: a phase sees only the splits it is given.
         self.lab_paths = [p for p in lab if p != SOLUTION_FILE and not p.endswith(".npz")]
@@ -112,10 +125,28 @@ class Batch:
         sums = path.parent / "SHA256SUMS"
         return [path] + ([sums] if sums.is_file() else [])
 
-    def limits(self, seconds: float, file_bytes: int = 512 << 20):
+    def limits(self, seconds: float, file_bytes: int = 512 << 20, cpu_seconds: float = None):
         return sandbox.Limits(seconds=seconds, memory_bytes=int(self.args.memory_gb * sandbox.GiB),
                               processes=self.args.processes, file_bytes=file_bytes,
-                              memory_rlimit="AS" if self.args.device == "cpu" else "DATA")
+                              memory_rlimit="AS" if self.args.device == "cpu" else "DATA",
+                              work_bytes=int(self.args.phase_disk_gb * sandbox.GiB), cpu_seconds=cpu_seconds)
+
+    def write_budget(self, folder: Path) -> None:
+        """The training budget's images as splits of their own in `folder` (the grader's): the first
+        --train_limit training images, and the first --eval_num validation images. The train phase is
+        given these files and no other: it cannot train on images beyond its budget."""
+        args = self.args
+        folder.mkdir(parents=True, exist_ok=True)
+        kept = {}
+        for name, path, count in (("train", self.train_path, args.train_limit),
+                                  ("valid", self.valid_path, args.eval_num)):
+            images, labels = load_split(path)
+            images, labels = (images[:count], labels[:count]) if count else (images, labels)
+            np.savez(folder / f"{name}.npz", images=images, labels=labels)
+            kept[name] = len(images)
+        self.budget_train, self.budget_valid = folder / "train.npz", folder / "valid.npz"
+        self.train_cpu_seconds = args.train_cpu_seconds or \
+            TRAIN_CPU_BASE_SECONDS + args.epochs * kept["train"] * TRAIN_CPU_SECONDS_PER_IMAGE
 
 
 def grade_student(batch: Batch, student: Student) -> dict:
@@ -123,66 +154,91 @@ def grade_student(batch: Batch, student: Student) -> dict:
     args, folder, record, fail = batch.args, student.folder, student.record, student.fail
     base, lab, inputs = student.base, student.lab, student.inputs
 
-    submission = folder / SOLUTION_FILE
-    links = [p.relative_to(folder).as_posix() for p in [submission, *folder.glob("checkpoints/*.pth")]
-             if p.is_symlink()]
-    if links:  # a link could make the grader read its own files (the test split) as the student's
-        fail(f"{', '.join(links)} is a symbolic link: hand in the files themselves")
+    # What the student handed in is read without following a link at any level (a link could make the
+    # grader read its own files, the test split, or another student's as theirs) and without loading
+    # it: checkpoints are inspected inside the contract phase's sandbox.
+    hand_ins = folder.parent
+    try:
+        source = read_untrusted(folder / SOLUTION_FILE, hand_ins, MAX_SUBMISSION_BYTES,
+                                f"{SOLUTION_FILE} (source code is expected)")
+    except LabError as error:
+        fail(f"{error}: hand in the files themselves")
         return record
-    if not submission.is_file():
+    if source is None:
         fail(f"no {SOLUTION_FILE} in the folder")
         return record
-    if submission.stat().st_size > MAX_SUBMISSION_BYTES:
-        fail(f"{SOLUTION_FILE} is {submission.stat().st_size:,} bytes; source code is expected")
+    handed_in = [task for task in TASKS if (folder / "checkpoints" / f"{task}.pth").exists()
+                 or (folder / "checkpoints" / f"{task}.pth").is_symlink()]
+    try:
+        for task in handed_in:
+            handle = untrusted_file(folder / "checkpoints" / f"{task}.pth", hand_ins)
+            if handle is not None:
+                handle.close()
+    except LabError as error:
+        fail(f"{error}: hand in the files themselves")
         return record
-    source = submission.read_bytes()
     try:  # compiling runs none of the student's code
         compile(source, SOLUTION_FILE, "exec")
     except (SyntaxError, ValueError) as error:
         fail(f"import: {one_line(error)}")
         return record
     shutil.rmtree(base, ignore_errors=True)
-    build_lab(lab, submission, batch.lab_paths)
+    build_lab(lab, source, batch.lab_paths)
     inputs.mkdir(parents=True)
+    given = {}
+    for task in handed_in:
+        try:
+            if copy_untrusted(folder / "checkpoints" / f"{task}.pth", hand_ins, inputs / f"{task}.pth",
+                              MAX_CHECKPOINT_BYTES):
+                given[task] = inputs / f"{task}.pth"
+        except LabError as error:
+            fail(f"{task} checkpoint: {error}")
+            return record
 
-    # latent_dim per task: the grader's decision (--latent_dim, the handed-in checkpoint, the source's default)
+    # 1. contract: the handed-in checkpoints inspected (their latent_dim), then every task's calls checked.
+    # latent_dim is the grader's decision: --latent_dim, a handed-in checkpoint's, the source's default.
     text = source.decode(errors="replace")
-    latent_dims, given, refused = {}, {}, set()
-    for task in TASKS:
-        path = folder / "checkpoints" / f"{task}.pth"
-        if path.is_file():
-            try:
-                latent_dim = check_student_checkpoint(path, task)
-                if args.latent_dim is not None and latent_dim != args.latent_dim:
-                    raise LabError(f"checkpoints/{task}.pth has latent_dim {latent_dim}, the course grades at "
-                                   f"--latent_dim {args.latent_dim}")
-            except LabError as error:
-                refused.add(task)
-                fail(f"{task} checkpoint: {error}")
-                continue
-            given[task] = inputs / f"{task}.pth"
-            shutil.copyfile(path, given[task])
-            latent_dims[task] = latent_dim
-        else:
-            latent_dims[task] = (args.latent_dim or source_latent_dim(text, TASK_RECORDS[task].model_class)
-                                 or FALLBACK_LATENT_DIM)
-
-    # 1. contract
+    latent_dims = {task: (args.latent_dim or source_latent_dim(text, TASK_RECORDS[task].model_class)
+                          or FALLBACK_LATENT_DIM) for task in TASKS if task not in given}
     command = [PHASE_SCRIPT, "contract", "--out", base / "contract"]
     command += [f"--latent_dim={task}={n}" for task, n in latent_dims.items()]
-    result, work = student.run_phase(batch, "contract", command, args.import_time_limit)
+    command += [f"--checkpoint={task}={path}" for task, path in given.items()]
+    result, work = student.run_phase(batch, "contract", command, args.import_time_limit,
+                                     read_only=list(given.values()))
     try:
-        with open(work / "contract.json", encoding="utf-8", errors="replace") as handle:
-            contract = json.loads(handle.read(100_000))
+        raw = read_untrusted(work / "contract.json", work, 1 << 20)
+        contract = json.loads(raw.decode(errors="replace")) if raw is not None else None
         if not isinstance(contract, dict) or not isinstance(contract.get("tasks", {}), dict):
             raise ValueError("not a result object")
-    except (OSError, ValueError):
+    except (LabError, ValueError):
         imported = IMPORTED_LINE in sandbox.log_tail(student.logs / "contract.log")
         fail(f"{'contract check' if imported else 'import'}: {result.error or 'exited before writing its result'}")
         return record
     if contract.get("import"):
         fail(f"import: {str(contract['import'])[:300]}")
         return record
+    refused = set()
+    for task in given:
+        try:
+            facts = phase_json(work / task / "checkpoint.json", work, work / task / "error.txt")
+            latent_dim = facts.get("latent_dim")
+            if type(latent_dim) is not int or not LATENT_RANGE[0] <= latent_dim <= LATENT_RANGE[1]:
+                raise LabError(f"checkpoints/{task}.pth: no latent_dim in [1, 784] found")
+            if args.latent_dim is not None and latent_dim != args.latent_dim:
+                raise LabError(f"checkpoints/{task}.pth has latent_dim {latent_dim}, the course grades at "
+                               f"--latent_dim {args.latent_dim}")
+            latent_dims[task] = latent_dim
+        except LabError as error:
+            refused.add(task)
+            fail(f"{task} checkpoint: {error}")
+            continue
+        try:
+            shapes = [tuple(map(int, shape)) for shape in facts.get("weight_shapes", [])]
+            size = sum(int(np.prod(shape)) for shape in shapes)
+            student.weights[task] = (_load_array(work / task / "weights.npy", work, np.float32, (size,), "contract"),
+                                     shapes)
+        except (LabError, TypeError, ValueError):
+            pass  # only the similar-weights comparison misses it
 
     running = student.running  # task -> its checkpoint (None: trained here), for the tasks not failed yet
     for task in TASKS:
@@ -200,12 +256,10 @@ def grade_student(batch: Batch, student: Student) -> dict:
     phases = Phases(batch, student)
     phases.train()
     recon, codes = phases.reconstruct()
-    verified = phases.decode(codes)
-    samples = phases.generate()
+    decoded = phases.decode(codes)
     for task in list(running):
         try:
-            grade_task(task, record["tasks"][task], recon[task], verified[task], samples.get(task), batch,
-                       record["flags"])
+            grade_task(task, record["tasks"][task], recon[task], decoded[task], batch, record["flags"])
         except LabError as error:
             fail(f"{task} {error}")
             for key in ("ssim", "mse", "fid", "score"):
@@ -213,44 +267,75 @@ def grade_student(batch: Batch, student: Student) -> dict:
     return record
 
 
-def grade_task(task, entry, recon, verified, samples, batch, flags):
-    """The grade of one task from the checked arrays, with the bypass and copy checks."""
+def grade_task(task, entry, recon, decoded, batch, flags):
+    """The grade of one task from the checked arrays (recon from forward; decoded: split_decoded's
+    verified and perturbed reconstructions and samples), bounded by what the code supports: first the
+    decode of codes moved a little (perturbation), then decode(mu) itself (bypass); the FID term needs
+    samples that are not copies and that read as their label."""
     from grade import grade, grade_arrays
-    latent_dim = entry["latent_dim"]
-    forward = grade_arrays(task, batch.images, batch.labels, recon, samples, latent_dim, progress=silent)
-    decoded = grade_arrays(task, batch.images, batch.labels, verified, samples, latent_dim, progress=silent)
-    entry["forward"] = {k: forward[k] for k in ("ssim", "mse", "score")}
-    entry["verified"] = {k: decoded[k] for k in ("ssim", "mse", "score")}
-    bypass = bypass_check(forward["mse"], decoded["mse"], recon, verified)
+    latent_dim, samples = entry["latent_dim"], decoded["samples"]
+
+    def measured(images):
+        return grade_arrays(task, batch.images, batch.labels, images, samples, latent_dim, progress=silent)
+    forward, verified, perturbed = measured(recon), measured(decoded["verified"]), measured(decoded["perturbed"])
+    for name, result in (("forward", forward), ("verified", verified), ("perturbed", perturbed)):
+        entry[name] = {k: result[k] for k in ("ssim", "mse", "score")}
+    code = perturbation_check(verified, perturbed)
+    entry["perturbation_check"] = code
+    supported, supported_name = verified, "verified decode"
+    if code["flagged"]:
+        supported, supported_name = perturbed, "perturbed decode"
+        flags.append({"flag": "code-beyond-latent-dim", "task": task,
+                      "evidence": f"moving each code by {PERTURBATION} x its spread drops the decode's grade by "
+                                  f"{100 * code['relative_drop']:.0f}% (from {verified['score_uncapped']:.2f} to "
+                                  f"{perturbed['score_uncapped']:.2f}; an honest decoder barely changes): the codes "
+                                  f"carry more than {latent_dim} numbers' worth; graded from the perturbed decode"})
+    bypass = bound_by_decode(forward, supported, recon, decoded["verified"])
     entry["bypass_check"] = bypass
-    graded = forward
-    entry["graded_from"] = "forward"
+    graded, entry["graded_from"] = forward, "forward"
+    if bypass["flagged"] or code["flagged"]:
+        graded, entry["graded_from"] = supported, supported_name
     if bypass["flagged"]:
-        graded = decoded
-        entry["graded_from"] = "verified decode"
         flags.append({"flag": "recon-bypasses-code", "task": task,
-                      "evidence": f"forward MSE {bypass['forward_mse']:.5f} < {BYPASS_RATIO} x verified decode(mu) "
-                                  f"MSE {bypass['verified_mse']:.5f} (forward grade {forward['score']:.2f}, graded "
-                                  f"from the decode: {decoded['score']:.2f}); most different images: "
+                      "evidence": f"forward grades {forward['score_uncapped']:.2f} (SSIM {forward['ssim']:.3f}, MSE "
+                                  f"{forward['mse']:.5f}), more than {100 * BYPASS_TOLERANCE:.0f}% above what the "
+                                  f"{supported_name} of its own codes gets, {supported['score_uncapped']:.2f} (SSIM "
+                                  f"{supported['ssim']:.3f}, MSE {supported['mse']:.5f}); graded from the "
+                                  f"{supported_name}; most different images: "
                                   + ", ".join(f"#{d['image']} (MSE {d['mse']:.4f})" for d in bypass["most_different"])})
     entry.update({key: graded[key] for key in ("ssim", "mse", "bonus", "score", "score_uncapped")})
-    if samples is not None:
-        entry["fid"] = graded["fid"]
-        entry["fid_per_label"] = graded["fid_per_label"]
-        copies = copy_check(samples, batch.banks)
-        entry["copy_check"] = copies
-        if copies["flagged"]:
-            entry["fid_term_zeroed"] = True
-            entry["score"] = grade(task, entry["ssim"], entry["mse"], latent_dim, max(entry["fid"], 10.0))
-            entry["score_uncapped"] = grade(task, entry["ssim"], entry["mse"], latent_dim, max(entry["fid"], 10.0),
-                                            capped=False)
-            flags.append({"flag": "copied-samples", "task": task,
-                          "evidence": f"{copies['copies']} of {copies['samples']} samples "
-                                      f"({100 * copies['fraction']:.1f}%) lie within {COPY_DISTANCE} (mean squared "
-                                      f"pixel difference) of a real image; FID term zeroed; e.g. "
-                                      + ", ".join(f"sample {e['sample']} (label {e['label']}) = {e['split']} image "
-                                                  f"#{e['image']} shifted {tuple(e['shift'])} at {e['distance']:.5f}"
-                                                  for e in copies["examples"])})
+    if samples is None:
+        return
+    entry["fid"] = graded["fid"]
+    entry["fid_per_label"] = graded["fid_per_label"]
+    copies = copy_check(samples, batch.banks, batch.copy_thresholds)
+    entry["copy_check"] = copies
+    readable = legibility(samples, batch.classifier)
+    entry["legibility"] = readable
+    reasons = []
+    if copies["flagged"]:
+        reasons.append("copied-samples")
+        flags.append({"flag": "copied-samples", "task": task,
+                      "evidence": f"{copies['copies']} of {copies['samples']} samples "
+                                  f"({100 * copies['fraction']:.1f}%) lie nearer to a real image than real held-out "
+                                  f"digits of their label come to the training set (thresholds "
+                                  f"{min(copies['thresholds']):.4f} to {max(copies['thresholds']):.4f}); FID term "
+                                  f"zeroed; e.g. "
+                                  + ", ".join(f"sample {e['sample']} (label {e['label']}) = {e['split']} image "
+                                              f"#{e['image']} shifted {tuple(e['shift'])} at {e['distance']:.5f}"
+                                              for e in copies["examples"])})
+    if readable["flagged"] and graded["fid"] < 10:
+        reasons.append("illegible-samples")
+        flags.append({"flag": "illegible-samples", "task": task,
+                      "evidence": f"the classifier reads {100 * readable['overall']:.0f}% of the samples as their "
+                                  f"label (honest models: 97 to 99%; floor {100 * LEGIBILITY_FLOOR:.0f}%), while "
+                                  f"their simplified FID is {graded['fid']:.2f}: they match the pixel statistics "
+                                  f"without being digits; FID term zeroed"})
+    if reasons:
+        entry["fid_term_zeroed"] = reasons
+        entry["score"] = grade(task, entry["ssim"], entry["mse"], latent_dim, max(entry["fid"], 10.0))
+        entry["score_uncapped"] = grade(task, entry["ssim"], entry["mse"], latent_dim, max(entry["fid"], 10.0),
+                                        capped=False)
 
 
 # ====================================================================== the batch
@@ -304,6 +389,7 @@ def autograde(args) -> list:
     logs_root = out.parent / f"{out.stem}_logs"
     work_root = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="autograde."))
     work_root.mkdir(parents=True, exist_ok=True)
+    batch.write_budget(work_root / ".budget")
     slots = {}
     for folder in folders:
         slot = _safe_name(folder.name)
@@ -311,6 +397,7 @@ def autograde(args) -> list:
             slot += "_"
         slots[folder] = slot
     records = [None] * len(folders)
+    weights = {}  # (student, task) -> the handed-in weights as one vector, and their shapes
     lock = threading.Lock()
     started = time.perf_counter()
 
@@ -323,8 +410,9 @@ def autograde(args) -> list:
         logs, base = logs_root / slots[folder], work_root / slots[folder]
         shutil.rmtree(logs, ignore_errors=True)
         logs.mkdir(parents=True)
+        student = Student(folder, base, logs, say)
         try:
-            record = grade_student(batch, Student(folder, base, logs, say))
+            record = grade_student(batch, student)
         except Exception as error:  # a grader bug must not lose the other students' rows
             record = {"student": folder.name, "tasks": {}, "flags": [],
                       "errors": [f"autograder failure: {one_line(error)}"]}
@@ -338,6 +426,7 @@ def autograde(args) -> list:
             shutil.rmtree(base, ignore_errors=True)
         with lock:
             records[number] = record
+            weights.update({(folder.name, task): vector for task, vector in student.weights.items()})
             write_tables([r for r in records if r is not None], out, report)  # an interrupted batch keeps rows
 
     try:
@@ -352,7 +441,11 @@ def autograde(args) -> list:
         if not args.work_dir:
             shutil.rmtree(work_root, ignore_errors=True)
     records = [r for r in records if r is not None]
-    report["similarity"] = similarity_report(records, {f.name: f for f in folders})
+    try:
+        report["similarity"], report["similarity_notes"] = similarity_report(records, {f.name: f for f in folders},
+                                                                               weights)
+    except Exception as error:  # a bug in the comparison must not lose the batch's tables
+        report["similarity"], report["similarity_notes"] = [], [f"similarity not computed: {one_line(error)}"]
     for pair in report["similarity"]:
         for name in pair["students"]:
             other = [s for s in pair["students"] if s != name][0]
@@ -399,7 +492,12 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
     grade.add_argument("--time_limit", type=float, default=3600.0,
                        help="seconds for each training run and each other phase, per task it does (a phase "
                             "doing both tasks gets twice this)")
+    grade.add_argument("--train_cpu_seconds", type=float, default=None,
+                       help=f"CPU time of the train phase per task (default: {TRAIN_CPU_BASE_SECONDS} s + "
+                            f"{TRAIN_CPU_SECONDS_PER_IMAGE * 1000:g} ms per image and epoch of the budget)")
     grade.add_argument("--memory_gb", type=float, default=6.0, help="memory limit per process of a phase (GiB)")
+    grade.add_argument("--phase_disk_gb", type=float, default=2.0,
+                       help="disk space of all the files a phase writes, together (GiB)")
     grade.add_argument("--processes", type=int, default=64, help="processes + threads per phase")
     grade.add_argument("--jobs", type=int, default=1, help="grade N students in parallel")
     grade.add_argument("--threads", type=int, default=0,
@@ -420,9 +518,9 @@ def main(argv=None):
         parser = argparse.ArgumentParser(prog="python -m tools.autograde calibrate", description=calibrate.__doc__)
         parser.add_argument("checkpoint", type=Path)
         parser.add_argument("--train_data", default="train")
-        parser.add_argument("--data_path", default="test")
+        parser.add_argument("--held_out", default="valid", help="real digits the training split does not hold")
         options = parser.parse_args(argv[1:])
-        calibrate(options.checkpoint, options.train_data, options.data_path)
+        calibrate(options.checkpoint, options.train_data, options.held_out)
         return
     import tools.autograde
     parser = argparse.ArgumentParser(prog="python -m tools.autograde", description=tools.autograde.__doc__,

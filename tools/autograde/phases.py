@@ -1,7 +1,12 @@
 """The autograder's side of the phases: each student's lab copy, one sandboxed process per phase
 (tools/autograde_phases.py inside it), and the reading of what a phase wrote, which the grader
 trusts only after checking it (plain files, exact dtypes and shapes, finite values)."""
+import errno
+import io
+import json
+import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,72 +16,90 @@ import numpy as np
 
 from contract import one_line
 from data_utils import IMAGE_SHAPE, NUM_CLASSES, ROOT, LabError
-from tasks import LATENT_RANGE, MODEL_FOR_TASK, TASK_RECORDS
+from tasks import TASK_RECORDS
 from tools import sandbox
+from tools.autograde.integrity import perturbed_codes
 from tools.kit import SOLUTION_FILE
 
 PHASE_SCRIPT = "autograde_phases.py"
+MAX_CHECKPOINT_BYTES = 1 << 30  # a checkpoint handed in or exported by the train phase, as a file
+MAX_SUBMISSION_BYTES = 1 << 20  # submission.py: source code is expected
 
 
-def check_student_checkpoint(path: Path, task: str) -> int:
-    """Load a checkpoint with weights_only=True (checkpoint.load_checkpoint: no pickled code runs, every required key present) and
-    check it is a `task` checkpoint of submission.py's model; return its latent_dim or raise
-    LabError naming the file as checkpoints/<task>.pth."""
-    from checkpoint import load_checkpoint
-    label = f"checkpoints/{task}.pth"
+def untrusted_file(path: Path, root: Path):
+    """An open binary file for `path`, a file under `root` that student code could have written or
+    replaced (a phase's work folder, a student's hand-in), or None when there is none. Refused with a
+    LabError: a symbolic link at ANY component below root (the grader would follow it outside the
+    sandbox, to another student's work or to its own files), and anything but a regular file (a
+    named pipe would block the grader forever; it is opened without blocking and refused)."""
+    relative = Path(path).relative_to(root)
+    directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        checkpoint = load_checkpoint(path)
-    except LabError as error:
-        raise LabError(str(error).replace(str(path), label)) from None
-    if checkpoint["task"] != task:
-        raise LabError(f"{label} is a {checkpoint['task']} checkpoint, handed in as {task}")
-    expected = MODEL_FOR_TASK["submission"][task]
-    if checkpoint["model"] != expected:
-        raise LabError(f"{label} holds a {checkpoint['model']} model, not {expected}")
-    kwargs = checkpoint["model_kwargs"]
-    latent_dim = kwargs.get("latent_dim") if isinstance(kwargs, dict) else None
-    if not isinstance(kwargs, dict) or set(kwargs) != {"latent_dim"} or not isinstance(latent_dim, int) \
-            or isinstance(latent_dim, bool) or not LATENT_RANGE[0] <= latent_dim <= LATENT_RANGE[1]:
-        raise LabError(f"{label} has model_kwargs {kwargs!r}, expected {{'latent_dim': N}} with 1 <= N <= 784")
-    return latent_dim
+        for part in relative.parts[:-1]:
+            try:
+                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            except FileNotFoundError:
+                return None
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise LabError(f"{relative.as_posix()}: {part} is a symbolic link or not a folder; "
+                                   f"plain folders and files only") from None
+                raise
+            os.close(directory)
+            directory = inner
+        try:
+            handle = os.open(relative.parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise LabError(f"{relative.as_posix()} is a symbolic link; plain files only") from None
+            raise
+    finally:
+        os.close(directory)
+    if not stat.S_ISREG(os.fstat(handle).st_mode):
+        os.close(handle)
+        raise LabError(f"{relative.as_posix()} is not a regular file; plain files only")
+    return os.fdopen(handle, "rb")
 
 
-def trained_precision(path: Path) -> str:
-    """The precision a checkpoint trained here was trained in, as the Trainer recorded it: 'fp32',
-    'bf16', or 'fp32 (bf16 failed)' when the model could not take bf16 autocast."""
-    from checkpoint import load_checkpoint
-    hyperparams = load_checkpoint(path)["hyperparams"]
-    precision = str(hyperparams.get("autocast", "?"))
-    return f"{precision} (bf16 failed)" if hyperparams.get("autocast_fallback") else precision
+def read_untrusted(path: Path, root: Path, limit: int, what: str = None):
+    """The bytes of untrusted_file(path, root), or None when there is none; a LabError if it holds more
+    than `limit` bytes."""
+    handle = untrusted_file(path, root)
+    if handle is None:
+        return None
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise LabError(f"{what or Path(path).name} is {size:,} bytes, expected at most {limit:,}")
+        return handle.read(limit + 1)[:limit]
 
 
-def _phase_file(path: Path) -> bool:
-    """Is there a plain file at `path`, written by a phase? A symbolic link is refused: the grader would
-    follow it outside the sandbox, to another student's work or to its own files."""
-    if path.is_symlink():
-        raise LabError(f"{path.name} is a symbolic link; a phase must write plain files")
-    return path.is_file()
+def copy_untrusted(path: Path, root: Path, target: Path, limit: int) -> bool:
+    """Copy untrusted_file(path, root) to `target` (at most `limit` bytes); False when there is none."""
+    handle = untrusted_file(path, root)
+    if handle is None:
+        return False
+    with handle, open(target, "wb") as out:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise LabError(f"{Path(path).name} is {size:,} bytes, expected at most {limit:,}")
+        shutil.copyfileobj(handle, out)
+    return True
 
 
-def _read_error(path: Path, limit: int = 300) -> str:
-    """The first `limit` characters of a phase's error.txt (a task's one-line error)."""
-    with open(path, "rb") as handle:
-        return handle.read(limit).decode(errors="replace")
-
-
-def _load_array(path: Path, dtype, shape: tuple, what: str) -> np.ndarray:
-    """A phase's .npy, checked here: exact dtype and shape, finite; LabError otherwise."""
+def _load_array(path: Path, root: Path, dtype, shape: tuple, what: str) -> np.ndarray:
+    """A phase's .npy under `root`, checked here: exact dtype and shape, finite; LabError otherwise."""
+    expected_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     try:
-        written = _phase_file(path)
+        raw = read_untrusted(path, root, expected_bytes + 4096)
     except LabError as error:
         raise LabError(f"{what}: {error}") from None
-    if not written:
+    if raw is None:
         raise LabError(f"{what}: the phase wrote no {path.name}")
-    expected_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if path.stat().st_size > expected_bytes + 4096:
-        raise LabError(f"{what}: {path.name} is {path.stat().st_size:,} bytes, expected about {expected_bytes:,}")
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as error:
         raise LabError(f"{what}: {path.name} is not a readable .npy ({one_line(error, 120)})") from None
     if not isinstance(array, np.ndarray) or array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
@@ -87,13 +110,30 @@ def _load_array(path: Path, dtype, shape: tuple, what: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def build_lab(lab: Path, submission: Path, lab_paths: list, root: Path = ROOT) -> None:
-    """A copy of the course's lab (no data splits) with the student's submission.py and the phase script."""
+def phase_json(path: Path, root: Path, error_path: Path) -> dict:
+    """The JSON object a phase wrote at `path` (under `root`); LabError with the phase's error (error_path)
+    when it wrote none."""
+    raw = read_untrusted(path, root, 1 << 20)
+    if raw is None:
+        error = read_untrusted(error_path, root, 1 << 20)
+        raise LabError(error[:300].decode(errors="replace") if error else f"the phase wrote no {path.name}")
+    try:
+        value = json.loads(raw.decode(errors="replace"))
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise LabError(f"{path.name} is not a JSON object")
+    return value
+
+
+def build_lab(lab: Path, source: bytes, lab_paths: list, root: Path = ROOT) -> None:
+    """A copy of the course's lab (no data splits) with the student's submission.py (`source`) and the
+    phase script."""
     for path in lab_paths:
         target = lab / path
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / path, target)
-    shutil.copyfile(submission, lab / SOLUTION_FILE)
+    (lab / SOLUTION_FILE).write_bytes(source)
     shutil.copyfile(ROOT / "tools" / PHASE_SCRIPT, lab / PHASE_SCRIPT)
 
 
@@ -108,6 +148,7 @@ class Student:
     say: Callable[[str], None]
     record: dict = field(default_factory=dict)
     running: dict = field(default_factory=dict)
+    weights: dict = field(default_factory=dict)  # task -> (handed-in weights as one vector, their shapes)
 
     def __post_init__(self):
         self.record = {"student": self.folder.name, "tasks": {}, "errors": [], "flags": [], "phases": {}}
@@ -129,7 +170,8 @@ class Student:
         self.fail(f"{task} {message}")
         del self.running[task]
 
-    def run_phase(self, batch, name, command, seconds, read_only=(), file_bytes=512 << 20, use_devices=False):
+    def run_phase(self, batch, name, command, seconds, read_only=(), file_bytes=512 << 20, use_devices=False,
+                  cpu_seconds=None):
         """One phase: `python command...` in the sandbox, in a fresh work folder base/<name>."""
         work = self.base / name
         shutil.rmtree(work, ignore_errors=True)
@@ -137,7 +179,7 @@ class Student:
         devices = sorted(str(p) for p in Path("/dev").glob("nvidia*")) \
             if use_devices and batch.args.device.startswith("cuda") else ()
         result = sandbox.run_phase([sys.executable, *map(str, command)], lab=self.lab, work=work,
-                                   read_only=list(read_only), env=batch.env, limits=batch.limits(seconds, file_bytes),
+                                   read_only=list(read_only), env=batch.env, limits=batch.limits(seconds, file_bytes, cpu_seconds),
                                    log=self.logs / f"{name}.log", isolate=batch.isolate, devices=devices)
         self.record["phases"][name] = {"ok": result.ok, "seconds": round(result.seconds, 2),
                                        "isolated": result.isolated}
@@ -157,13 +199,14 @@ class Phases:
         """Run phase `name` for `tasks`; return {task: its output folder} for the tasks that finished."""
         result, work = self.student.run_phase(self.batch, name, command, self.args.time_limit * len(tasks), read_only,
                                               **options)
+        self.work = work
         finished = {}
         for task in tasks:
-            error, done = work / task / "error.txt", work / task / "done"
             try:
-                if _phase_file(error):
-                    message = _read_error(error)
-                elif not _phase_file(done):
+                error = read_untrusted(work / task / "error.txt", work, 1 << 20)
+                if error is not None:
+                    message = error[:300].decode(errors="replace")
+                elif read_untrusted(work / task / "done", work, 1 << 10) is None:
                     message = result.error or "the phase ended before this task was done"
                 else:
                     finished[task] = work / task
@@ -179,7 +222,7 @@ class Phases:
         arrays = {}
         for task, folder in finished.items():
             try:
-                arrays[task] = {name: _load_array(folder / name, dtype, shape(task), what)
+                arrays[task] = {name: _load_array(folder / name, self.work, dtype, shape(task), what)
                                 for name, (dtype, shape) in files.items()}
             except LabError as error:
                 self.drop(task, str(error))
@@ -189,10 +232,15 @@ class Phases:
         self.student.drop(task, message)
 
     def _checkpoints(self, tasks):
-        return [f"{task}={self.running[task]}" for task in tasks]
+        """The phase flags naming each task's checkpoint and the latent_dim it must have."""
+        return ([f"--checkpoint={task}={self.running[task]}" for task in tasks]
+                + [f"--latent_dim={task}={self.record['tasks'][task]['latent_dim']}" for task in tasks])
 
     def train(self):
-        """The lab's train.py with the fixed budget, for every task without a handed-in checkpoint."""
+        """The lab's train.py with the fixed budget, for every task without a handed-in checkpoint. The
+        sandbox enforces the budget, not train.py, which runs the student's code in its process: the
+        phase sees only the budget's images (batch.budget_train, batch.budget_valid) and gets
+        batch.train_cpu_seconds of CPU time per task."""
         args, batch = self.args, self.batch
         tasks = [task for task, checkpoint in self.running.items() if checkpoint is None]
         if not tasks:
@@ -200,29 +248,20 @@ class Phases:
         command = [PHASE_SCRIPT, "train", "--out", self.base / "train",
                    *[f"--task={task}={self.record['tasks'][task]['latent_dim']}" for task in tasks],
                    "--model", "submission", "--epochs", args.epochs, "--batch_size", args.batch_size,
-                   "--limit", args.train_limit, "--train_data", batch.train_path, "--valid_data", batch.valid_path,
-                   "--eval_num", args.eval_num, "--pred_step", args.pred_step, "--seed", args.seed,
+                   "--train_data", batch.budget_train, "--valid_data", batch.budget_valid,
+                   "--eval_num", 0, "--pred_step", args.pred_step, "--seed", args.seed,
                    "--device", args.device, "--precision", args.precision, "--keep_last", "1",
                    "--no-save_loss_plot"]
-        finished = self._run("train", "training", tasks, command,
-                             batch.read_only_split(batch.train_path) + batch.read_only_split(batch.valid_path),
-                             file_bytes=2 << 30, use_devices=True)
+        finished = self._run("train", "training", tasks, command, [batch.budget_train, batch.budget_valid],
+                             file_bytes=2 << 30, use_devices=True, cpu_seconds=batch.train_cpu_seconds * len(tasks))
         for task, folder in finished.items():
-            latent_dim = self.record["tasks"][task]["latent_dim"]
-            exported = folder / "run.pth"
-            try:
-                if not _phase_file(exported):
+            checkpoint = self.inputs / f"{task}.pth"
+            try:  # copied, not loaded: the reconstruct phase inspects it (inspect_checkpoint)
+                if not copy_untrusted(folder / "run.pth", self.work, checkpoint, MAX_CHECKPOINT_BYTES):
                     raise LabError("the phase wrote no run.pth")
-                found = check_student_checkpoint(exported, task)
-                if found != latent_dim:
-                    raise LabError(f"it has latent_dim {found}, not {latent_dim}")
             except LabError as error:
                 self.drop(task, f"training: the exported checkpoint: {error}")
                 continue
-            checkpoint = self.inputs / f"{task}.pth"
-            shutil.copyfile(exported, checkpoint)
-            check_student_checkpoint(checkpoint, task)
-            self.record["tasks"][task]["precision"] = trained_precision(checkpoint)
             self.running[task] = checkpoint
 
     def reconstruct(self):
@@ -230,11 +269,18 @@ class Phases:
         tasks, n = list(self.running), self.batch.num
         if not tasks:
             return {}, {}
-        command = [PHASE_SCRIPT, "reconstruct", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
+        command = [PHASE_SCRIPT, "reconstruct", *self._checkpoints(tasks),
                    "--data", self.batch.grading_path, "--num", n, "--out", self.base / "reconstruct",
                    "--seed", self.args.seed]
         read_only = [self.running[t] for t in tasks] + self.batch.read_only_split(self.batch.grading_path)
         finished = self._run("reconstruct", "reconstruct", tasks, command, read_only)
+        for task, folder in finished.items():
+            if self.record["tasks"][task]["source"] == "trained here":  # the arithmetic train.py recorded
+                try:
+                    facts = phase_json(folder / "checkpoint.json", self.work, folder / "error.txt")
+                    self.record["tasks"][task]["precision"] = str(facts.get("precision", "?"))[:24]
+                except LabError:
+                    pass
         arrays = self._arrays(finished, "reconstruct", {
             "recon.npy": (np.uint8, lambda task: (n, *IMAGE_SHAPE)),
             "codes.npy": (np.float32, lambda task: (n, self.record["tasks"][task]["latent_dim"]))})
@@ -242,33 +288,45 @@ class Phases:
                 {task: a["codes.npy"] for task, a in arrays.items()})
 
     def decode(self, codes):
-        """decode(mu, label) of the grader's own copy of the codes, in a process that sees no image."""
-        tasks, n = [task for task in self.running if task in codes], self.batch.num
+        """decode(z, label), in a process that sees no image, of three kinds of codes shuffled together so
+        that the student's code cannot tell them apart: the grader's copy of each grading image's code
+        (the verified reconstruction), the same codes moved by integrity.PERTURBATION x their spread,
+        and, for the conditional tasks, z ~ N(0, I) for every label (the samples). Returns
+        {task: {"verified": uint8 [N,28,28], "perturbed": uint8 [N,28,28], "samples": uint8 [10,K,28,28]}}."""
+        tasks = [task for task in self.running if task in codes]
         if not tasks:
             return {}
-        feed = self.inputs / "decode"
+        feed, layouts = self.inputs / "decode", {}
         for task in tasks:
+            rows, labels, layouts[task] = decode_rows(task, codes[task], self.batch.labels, self.args.seed)
             (feed / task).mkdir(parents=True)
-            np.save(feed / task / "codes.npy", codes[task], allow_pickle=False)
-            np.save(feed / task / "labels.npy", self.batch.labels.astype(np.int64), allow_pickle=False)
-        command = [PHASE_SCRIPT, "decode", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
+            np.save(feed / task / "codes.npy", rows, allow_pickle=False)
+            np.save(feed / task / "labels.npy", labels, allow_pickle=False)
+        command = [PHASE_SCRIPT, "decode", *self._checkpoints(tasks),
                    "--inputs", feed, "--out", self.base / "decode", "--seed", self.args.seed]
         finished = self._run("decode", "decode", tasks, command, [self.running[t] for t in tasks] + [feed])
-        arrays = self._arrays(finished, "decode", {"verified.npy": (np.uint8, lambda task: (n, *IMAGE_SHAPE))})
-        return {task: a["verified.npy"] for task, a in arrays.items()}
+        arrays = self._arrays(finished, "decode", {"decoded.npy": (np.uint8, lambda task: (
+            layouts[task]["rows"], *IMAGE_SHAPE))})
+        return {task: split_decoded(a["decoded.npy"], layouts[task]) for task, a in arrays.items()}
 
-    def generate(self):
-        """decode(z ~ N(0, I), label), samples_per_label per label, for the conditional tasks (their grade has
-        an FID term), in a process that has seen neither an image nor a code of one."""
-        tasks = [task for task in self.running if TASK_RECORDS[task].conditional]
-        if not tasks:
-            return {}
-        per_label = {TASK_RECORDS[task].samples_per_label for task in tasks}
-        assert len(per_label) == 1, "one --per_label for every task of the phase"
-        per_label = per_label.pop()
-        command = [PHASE_SCRIPT, "generate", *[f"--checkpoint={c}" for c in self._checkpoints(tasks)],
-                   "--per_label", per_label, "--seed", self.args.seed, "--out", self.base / "generate"]
-        finished = self._run("generate", "generate", tasks, command, [self.running[t] for t in tasks])
-        arrays = self._arrays(finished, "generate",
-                              {"samples.npy": (np.uint8, lambda task: (NUM_CLASSES, per_label, *IMAGE_SHAPE))})
-        return {task: a["samples.npy"] for task, a in arrays.items()}
+
+def decode_rows(task: str, codes: np.ndarray, labels: np.ndarray, seed: int):
+    """The decode phase's input for one task: (codes float32 [M, D], labels int64 [M], layout), the rows
+    shuffled by a permutation only the grader knows (layout, for split_decoded)."""
+    n, latent_dim = codes.shape
+    per_label = TASK_RECORDS[task].samples_per_label if TASK_RECORDS[task].conditional else 0
+    draws = np.random.default_rng([seed, 0]).standard_normal((NUM_CLASSES * per_label, latent_dim)).astype(np.float32)
+    rows = np.concatenate([codes, perturbed_codes(codes, np.random.default_rng([seed, 1])), draws])
+    row_labels = np.concatenate([labels, labels, np.repeat(np.arange(NUM_CLASSES), per_label)]).astype(np.int64)
+    order = np.random.default_rng([seed, 2]).permutation(len(rows))
+    return rows[order], row_labels[order], {"order": order, "n": n, "per_label": per_label, "rows": len(rows)}
+
+
+def split_decoded(decoded: np.ndarray, layout: dict) -> dict:
+    """The decode phase's output, unshuffled into the verified reconstructions, their perturbed
+    counterparts and the samples (None for a task without them)."""
+    unshuffled = np.empty_like(decoded)
+    unshuffled[layout["order"]] = decoded
+    n, per_label = layout["n"], layout["per_label"]
+    samples = unshuffled[2 * n:].reshape(NUM_CLASSES, per_label, *IMAGE_SHAPE) if per_label else None
+    return {"verified": unshuffled[:n], "perturbed": unshuffled[n:2 * n], "samples": samples}

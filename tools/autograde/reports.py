@@ -63,6 +63,7 @@ def write_tables(records: list, out: Path, report: dict) -> list:
     lines += ["", "## Similarity between students", ""]
     lines += [f"- {' and '.join(p['students'])}: `{p['kind']}`" + (f" ({p['task']})" if p.get("task") else "")
               + f" {p['value']:.3f}" for p in report.get("similarity", [])] or ["none above the thresholds"]
+    lines += [f"- note: {note}" for note in report.get("similarity_notes", [])]
     atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(json_path, (json.dumps(dict(report, students=records), indent=2) + "\n").encode())
     return [csv_path, md_path, json_path]

@@ -1,174 +1,232 @@
-"""Similarity between students: pairs whose normalised source or handed-in weights are nearly the
-same. Listed in the report for a person to judge, never penalised."""
+"""Similarity between students: pairs whose source or handed-in weights are nearly the same. Listed in
+the report for a person to judge, never penalised.
+
+Source is compared as MOSS does (Schleimer, Wilkerson and Aiken, "Winnowing: local algorithms for
+document fingerprinting", SIGMOD 2003): each file becomes a stream of tokens in which layout, comments,
+strings and the file's own names no longer count; hashes of its k-grams are winnowed into a set of
+fingerprints; the fingerprints of the starter template are removed; and a pair is as similar as the
+larger share of one file's fingerprints found in the other (containment), so that pasting unused code
+into a copy does not hide it. Nothing here recurses over the code (tokenize, ast.walk), and an error
+on one student's file, such as ast.parse's RecursionError, skips that student with a note.
+"""
 import ast
-import difflib
+import functools
+import hashlib
 import io
+import keyword
 import tokenize
 from pathlib import Path
 
 import numpy as np
 
-from tasks import TASKS
-from tools.kit import SOLUTION_FILE
+from contract import one_line
+from tools.autograde.phases import MAX_SUBMISSION_BYTES, read_untrusted
+from tools.kit import ROOT, SOLUTION_FILE, strip_solution
 
-SOURCE_SIMILARITY = 0.9   # difflib ratio of the normalised token streams
+# Tokens per k-gram and k-grams per winnowing window: any common run of KGRAM + WINDOW - 1 = 14 tokens
+# (about a line of code) is sure to share a fingerprint. Measured for k in 5..12, w in 3..10 on the 14 files
+# of tests/submissions, written independently, and the copied pair below: with k <= 6 the highest other
+# pair reaches 0.58-0.67 (short library idioms match); with k >= 11 the copied pair falls to 0.76-0.84 and
+# its diluted variant to 0.71-0.80 (the copy reorders statements); k from 7 to 10 all keep about 0.3
+# between the copy (diluted or not) and the highest other pair, k = 9, w = 6 among the widest (0.32).
+KGRAM = 9
+WINDOW = 6
+# The pair's containment, the larger of its two directions. Measured with k = 9, w = 6: the copied pair
+# tests/cheats/copied_a.py, copied_b.py 0.881 (0.837 the other way); copied_a plus 48 or 200 unused lines
+# against copied_b 0.844; the highest other pair 0.523 (copied_a, tests/submissions/decode_batch_only.py),
+# the highest among tests/submissions 0.450; the reference submission.py against those 0.289 at most.
+SOURCE_SIMILARITY = 0.7
+# A file with fewer fingerprints than this, once the template's are removed (about 8 lines of its own
+# code), is not judged: two nearly untouched templates would match on their few scraps.
+MIN_FINGERPRINTS = 20
 WEIGHT_SIMILARITY = 0.99  # cosine of the flattened handed-in state dicts
 
-
-class _Normaliser(ast.NodeTransformer):
-    """Canonical names, in order of appearance, for every name the file defines (functions,
-    classes, arguments, assigned names and attributes); library names are kept."""
-
-    def __init__(self, defined: set):
-        self.defined, self.names = defined, {}
-
-    def rename(self, name):
-        if name not in self.defined:
-            return name
-        return self.names.setdefault(name, f"v{len(self.names)}")
-
-    def visit_FunctionDef(self, node):
-        node.name = self.rename(node.name)
-        return self.generic_visit(node)
-
-    visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_ClassDef(self, node):
-        node.name = self.rename(node.name)
-        return self.generic_visit(node)
-
-    def visit_arg(self, node):
-        node.arg, node.annotation = self.rename(node.arg), None
-        return node
-
-    def visit_Name(self, node):
-        node.id = self.rename(node.id)
-        return node
-
-    def visit_Attribute(self, node):
-        node.attr = self.rename(node.attr)
-        return self.generic_visit(node)
-
-    def visit_keyword(self, node):
-        if node.arg:
-            node.arg = self.rename(node.arg)
-        return self.generic_visit(node)
+STRING, NAME = "<str>", "<name>"  # the placeholders of every string literal and of the file's own names
+_LAYOUT = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}  # read, never compared
 
 
-def _strip_docstrings(tree):
+def defined_names(text: str):
+    """(names, attributes) the file itself defines, or None when it does not parse. names: functions,
+    classes, arguments, assigned names, caught exceptions; attributes (read after a dot): assigned
+    attributes, class attributes and functions (methods). Kept apart so that a local `mean` does not
+    hide torch.mean. ast.walk is iterative, but ast.parse may give up on a deeply nested expression."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return None
+    names, attributes = set(), set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            attributes.add(node.name)  # methods are read as self.name
+            if isinstance(node, ast.ClassDef):  # and so are class attributes
+                for statement in node.body:
+                    targets = statement.targets if isinstance(statement, ast.Assign) else \
+                        [statement.target] if isinstance(statement, ast.AnnAssign) else []
+                    attributes.update(target.id for target in targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            attributes.add(node.attr)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names, attributes
 
 
-def _units(tree) -> list:
-    """The functions of a module (top-level and methods; nested ones stay in their parent), then
-    the rest of the module (imports, assignments, class attributes) as one more unit."""
-    units, rest = [], []
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            units.append(node)
-        elif isinstance(node, ast.ClassDef):
-            for item in node.body:
-                (units if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) else rest).append(item)
-        else:
-            rest.append(node)
-    return units + ([ast.Module(body=rest, type_ignores=[])] if rest else [])
+def _code_tokens(text: str) -> list:
+    """(type, string) of the file's tokens but comments, blank lines and the encoding; a file that
+    stops tokenizing (an unclosed bracket or string) keeps the tokens before the error."""
+    tokens = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(text).readline):
+            if token.type in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING) \
+                    or token.type == tokenize.ERRORTOKEN and token.string.isspace():
+                continue
+            tokens.append((token.type, token.string))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return tokens
 
 
 def normalised_tokens(text: str) -> list:
-    """The source as token streams, one per function (and one for the rest of the module), with
-    docstrings and comments dropped and the file's own names (functions, classes, arguments,
-    assigned names and attributes) renamed to v0, v1, ... in order of appearance within each unit:
-    the result does not depend on names, layout, comments or the order of definitions."""
-    tree = ast.parse(text)
-    _strip_docstrings(tree)
-    defined = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            defined.add(node.name)
-        elif isinstance(node, ast.arg):
-            defined.add(node.arg)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            defined.add(node.id)
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            defined.add(node.attr)
-    defined -= {"self", "cls"}
-    skip = {tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.ENCODING, tokenize.ENDMARKER,
-            tokenize.INDENT, tokenize.DEDENT}
-    streams = []
-    for unit in _units(tree):
-        source = ast.unparse(_Normaliser(defined).visit(unit))
-        streams.append([t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)
-                        if t.type not in skip])
-    return [stream for stream in streams if stream]
+    """The file as a list of token strings that does not depend on layout, comments, docstrings,
+    string contents or the names the file defines: those names all become NAME (library names such
+    as torch, nn.Linear, F.relu stay), every string literal STRING, and a statement that is only a
+    string (a docstring) is dropped. In a file that does not parse every identifier becomes NAME."""
+    defined = defined_names(text)
+    tokens = _code_tokens(text)
+    out, previous, i = [], (tokenize.NEWLINE, ""), 0
+    while i < len(tokens):
+        kind, string = tokens[i]
+        if kind == tokenize.STRING:
+            end = i + 1
+            while end < len(tokens) and tokens[end][0] == tokenize.STRING:
+                end += 1
+            alone = previous[0] in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) \
+                and (end == len(tokens) or tokens[end][0] in (tokenize.NEWLINE, tokenize.ENDMARKER))
+            if not alone:
+                out.append(STRING)  # implicitly joined strings are one literal
+            previous, i = tokens[end - 1], end
+            continue
+        if kind == tokenize.NAME and not keyword.iskeyword(string):
+            if defined is None:
+                out.append(NAME)
+            elif previous[1] in ("(", ",") and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
+                # a keyword argument, the callee's parameter: `device=device` must read as `device=dev`
+                # once a copy renames its own argument, and a copy renames its own functions' keywords
+                out.append(NAME)
+            else:
+                names, attributes = defined
+                out.append(NAME if string in (attributes if previous[1] == "." else names) else string)
+        elif kind not in _LAYOUT:
+            out.append(string)
+        previous, i = tokens[i], i + 1
+    return out
 
 
-def source_similarity(a: list, b: list) -> float:
-    """How much of each file's normalised code has a near-identical counterpart in the other: for
-    every unit, the best difflib ratio against the other file's units, weighted by length; the
-    smaller of the two directions."""
-    if not a or not b:
-        return 0.0
-    ratios = np.zeros((len(a), len(b)))
-    for j, v in enumerate(b):
-        matcher = difflib.SequenceMatcher(None, autojunk=False)
-        matcher.set_seq2(v)
-        for i, u in enumerate(a):
-            matcher.set_seq1(u)
-            if matcher.real_quick_ratio() > 0.5 and matcher.quick_ratio() > 0.5:
-                ratios[i, j] = matcher.ratio()
-    weights_a, weights_b = np.array([len(u) for u in a]), np.array([len(v) for v in b])
-    return float(min(weights_a @ ratios.max(1) / weights_a.sum(), weights_b @ ratios.max(0) / weights_b.sum()))
+def kgram_hashes(tokens: list, k: int = KGRAM) -> list:
+    """A stable 64-bit hash of every run of k consecutive tokens (not Python's hash(), which changes
+    from one process to the next)."""
+    return [int.from_bytes(hashlib.blake2b("\x00".join(tokens[i:i + k]).encode(), digest_size=8).digest(), "big")
+            for i in range(len(tokens) - k + 1)]
 
 
-def weight_vector(path: Path):
-    """The handed-in checkpoint's weights as one float64 vector and the list of shapes."""
-    import torch
-    from checkpoint import load_checkpoint
-    state = load_checkpoint(path)["model_state_dict"]
-    tensors = [t for t in state.values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
-    shapes = [tuple(t.shape) for t in tensors]
-    vector = torch.cat([t.detach().double().flatten() for t in tensors]) if tensors else torch.zeros(0)
-    return vector.numpy(), shapes
+def winnow(hashes: list, window: int = WINDOW) -> set:
+    """The smallest hash of every `window` consecutive hashes (of all of them in a shorter stream):
+    any run of `window` hashes that two files share gives both the same pick."""
+    if not hashes:
+        return set()
+    return {min(hashes[start:start + window]) for start in range(max(len(hashes) - window + 1, 1))}
 
 
-def similarity_report(records: list, folders: dict) -> list:
-    """[{kind, students, value}] for every pair above its threshold."""
-    tokens, weights = {}, {}
+@functools.lru_cache(maxsize=4)
+def _template_kgrams(template: str) -> frozenset:
+    # Every k-gram of the template, not only its winnowed ones: which k-gram a window picks depends
+    # on its neighbours, and a student's window around starter code has other neighbours.
+    return frozenset(kgram_hashes(normalised_tokens(template)))
+
+
+def fingerprints(text: str, template: str = "") -> set:
+    """The winnowed fingerprints of `text` that do not occur in `template` (the starter code every
+    student was given)."""
+    return winnow(kgram_hashes(normalised_tokens(text))) - _template_kgrams(template)
+
+
+def containment(a: set, b: set) -> float:
+    """The share of a's fingerprints that are also b's."""
+    return len(a & b) / len(a) if a else 0.0
+
+
+def source_similarity(a: set, b: set) -> float:
+    """The larger of the two containments: how much of the smaller (copied) file is inside the
+    other, which unused code added to either cannot dilute."""
+    return max(containment(a, b), containment(b, a))
+
+
+@functools.lru_cache(maxsize=1)
+def lab_template() -> str:
+    """The starter submission.py of the student's kit: the lab's with its solutions stripped."""
+    return strip_solution((ROOT / SOLUTION_FILE).read_text())
+
+
+def read_source(path: Path) -> str:
+    """A student's submission.py as the grader reads a hand-in (no link at any level, a regular file, at
+    most MAX_SUBMISSION_BYTES), decoded as Python decodes it (its coding line, else UTF-8)."""
+    raw = read_untrusted(path, path.parent.parent, MAX_SUBMISSION_BYTES, f"{SOLUTION_FILE} (source code is expected)")
+    if raw is None:
+        raise FileNotFoundError(f"no {SOLUTION_FILE}")
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+    return raw.decode(encoding)
+
+
+def similarity_report(records: list, folders: dict, weights: dict = None, *, template: str = None) -> tuple:
+    """([{kind, students, value}] for every pair at or above its threshold, [notes]). `weights`:
+    {(student, task): (handed-in weights as one vector, their shapes)}, as the contract phase read them
+    out of the checkpoints (the grader never loads one). `template` is the starter submission.py
+    (default: the lab's, stripped). A student whose source cannot be read or fingerprinted, or is too
+    short to judge, is left out of the source comparison with a note."""
+    notes, prints, weights = [], {}, dict(weights or {})
+    try:
+        template = lab_template() if template is None else template
+        _template_kgrams(template)
+        compare_source = True
+    except Exception as error:  # comparing without the template would pair every student who kept it
+        notes.append(f"no source compared: the starter template failed ({one_line(error)})")
+        compare_source = False
     for record in records:
         name = record["student"]
-        try:
-            tokens[name] = normalised_tokens((folders[name] / SOLUTION_FILE).read_text())
-        except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-            pass
-        for task in TASKS:
-            path = folders[name] / "checkpoints" / f"{task}.pth"
-            if record["tasks"].get(task, {}).get("source") == "handed in":
-                try:
-                    weights[(name, task)] = weight_vector(path)
-                except Exception:
-                    pass
+        if compare_source:
+            why = ""
+            try:
+                found = fingerprints(read_source(folders[name] / SOLUTION_FILE), template)
+                if len(found) >= MIN_FINGERPRINTS:
+                    prints[name] = found
+                else:
+                    why = f"fingerprints beyond the starter template: {len(found)}, fewer than {MIN_FINGERPRINTS}"
+            except Exception as error:  # RecursionError, MemoryError, UnicodeDecodeError, ...: this student only
+                why = one_line(error)
+            if why:
+                notes.append(f"{name}: source not compared ({why})")
     pairs = []
-    names = sorted(tokens)
+    names = sorted(prints)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            ratio = source_similarity(tokens[a], tokens[b])
-            if ratio >= SOURCE_SIMILARITY:
-                pairs.append({"kind": "similar-source", "students": [a, b], "value": ratio})
+            value = source_similarity(prints[a], prints[b])
+            if value >= SOURCE_SIMILARITY:
+                pairs.append({"kind": "similar-source", "students": [a, b], "value": value})
     keys = sorted(weights)
     for i, (a, task) in enumerate(keys):
         for b, other in keys[i + 1:]:
             if other != task or a == b:
                 continue
             (va, sa), (vb, sb) = weights[(a, task)], weights[(b, task)]
+            va, vb = np.asarray(va, np.float64), np.asarray(vb, np.float64)
             if sa != sb or not len(va):
                 continue
             norm = np.linalg.norm(va) * np.linalg.norm(vb)
             cosine = float(va @ vb / norm) if norm else 0.0
             if cosine >= WEIGHT_SIMILARITY:
                 pairs.append({"kind": "similar-weights", "task": task, "students": [a, b], "value": cosine})
-    return pairs
+    return pairs, notes

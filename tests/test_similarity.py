@@ -1,0 +1,287 @@
+"""Source similarity between students (tools/autograde/similarity.py): copies are found through renaming,
+reordering, new comments and layout, and pasted unused code; honest work and shared starter code are not
+paired; and no student's file can stop the comparison. Unit tests: no autograde run."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from tools.autograde import reports, similarity
+from tools.autograde.similarity import SOURCE_SIMILARITY, containment, fingerprints, source_similarity
+
+SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
+TEMPLATE = similarity.lab_template()
+COPIED_A, COPIED_B = (CHEATS_DIR / "copied_a.py").read_text(), (CHEATS_DIR / "copied_b.py").read_text()
+
+# Unused code a copier might paste in to dilute a copy: helpers of different shapes, none of them MNIST code.
+HELPERS = ['''
+def scaled_total(values, scale=2):
+    total = 0
+    for value in values:
+        if value > 0:
+            total += value * scale
+    return total
+''', '''
+class RunningMean:
+    def __init__(self):
+        self.count, self.mean = 0, 0.0
+
+    def add(self, x):
+        self.count += 1
+        self.mean += (x - self.mean) / self.count
+''', '''
+def clip_all(xs, low=-1.0, high=1.0):
+    return [min(max(x, low), high) for x in xs]
+''', '''
+def describe(tensor):
+    shape = "x".join(str(d) for d in tensor.shape)
+    return f"{shape} {tensor.dtype} mean={tensor.float().mean().item():.3f}"
+''', '''
+def pairwise_gaps(items):
+    gaps = {}
+    for i, a in enumerate(items):
+        for j, b in enumerate(items[i + 1:], start=i + 1):
+            gaps[(i, j)] = abs(a - b)
+    return gaps
+''', '''
+def smooth(curve, weight=0.9):
+    out, last = [], curve[0] if curve else 0.0
+    while len(out) < len(curve):
+        last = weight * last + (1 - weight) * curve[len(out)]
+        out.append(last)
+    return out
+''', '''
+def save_text(path, lines):
+    with open(path, "w") as handle:
+        handle.write("\\n".join(lines))
+    return len(lines)
+''', '''
+def count_labels(labels):
+    try:
+        counts = torch.bincount(torch.as_tensor(labels).long(), minlength=10)
+    except RuntimeError:
+        counts = torch.zeros(10, dtype=torch.long)
+    return counts.tolist()
+''']
+
+
+def padding(lines: int) -> str:
+    """At least `lines` lines of unused helpers, whole functions, each under a name of its own."""
+    out, number = [], 0
+    while len(out) < lines:
+        helper = HELPERS[number % len(HELPERS)].replace("(", f"_{number}(", 1)
+        out += ["", ""] + helper.strip("\n").splitlines()
+        number += 1
+    return "\n".join(out) + "\n"
+
+
+def fill(template: str, bodies: dict) -> str:
+    """The template with the stubs of `bodies` (qualname -> code) replaced by that code."""
+    out = []
+    for line in template.splitlines():
+        for qualname, body in bodies.items():
+            if f"implement {qualname} in" in line:
+                indent = line[:len(line) - len(line.lstrip())]
+                line = "\n".join(indent + code for code in body.strip("\n").splitlines())
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def grade_folders(tmp_path: Path, sources: dict):
+    """similarity_report over one folder per student, each holding `sources[name]` (text or bytes)."""
+    folders = {}
+    for name, source in sources.items():
+        folders[name] = tmp_path / name
+        folders[name].mkdir(parents=True)
+        path = folders[name] / "submission.py"
+        path.write_bytes(source if isinstance(source, bytes) else source.encode())
+    records = [{"student": name, "tasks": {}} for name in sources]
+    return similarity.similarity_report(records, folders, template=TEMPLATE)
+
+
+# ---------------------------------------------------------------- the parts, on known answers
+def test_containment_on_hand_computed_sets():
+    a, b = {1, 2, 3, 4}, {3, 4, 5}
+    assert containment(a, b) == 2 / 4 and containment(b, a) == 2 / 3
+    assert source_similarity(a, b) == source_similarity(b, a) == 2 / 3  # the larger direction
+    assert containment(set(), b) == 0.0 and source_similarity(set(), set()) == 0.0
+    assert source_similarity({7}, {7, 8, 9, 10}) == 1.0  # all of the small one is in the large one
+
+
+def test_winnowing_picks_each_windows_minimum():
+    assert similarity.winnow([5, 3, 8, 1, 9, 4, 7], window=3) == {3, 1, 4}
+    assert similarity.winnow([5, 3], window=3) == {3}
+    assert similarity.winnow([], window=3) == set()
+
+
+def test_kgram_hashes_are_stable_across_processes():
+    # blake2b, not Python's hash(), which changes with PYTHONHASHSEED: the same value in every process.
+    assert similarity.kgram_hashes(["a", "(", "b", ")"], k=4) == [0xc6aab9f8d2d08e77]
+    assert len(similarity.kgram_hashes(list("abcdefghij"), k=8)) == 3
+
+
+def test_tokens_drop_names_strings_comments_and_docstrings_but_keep_library_names():
+    text = ('import torch\n\n\ndef scale(x, factor=2):\n    """Doc."""\n    y = torch.relu(x) * factor  # why\n'
+            '    mean = y.mean()\n    return y.sum(dim="a" "b") - mean\n')
+    name, string = similarity.NAME, similarity.STRING
+    assert similarity.normalised_tokens(text) == [
+        "import", "torch", "def", name, "(", name, ",", name, "=", "2", ")", ":",
+        name, "=", "torch", ".", "relu", "(", name, ")", "*", name,
+        name, "=", name, ".", "mean", "(", ")",  # a local `mean` is not the attribute .mean
+        "return", name, ".", "sum", "(", name, "=", string, ")", "-", name]  # keywords read as NAME too
+
+
+# ---------------------------------------------------------------- copies are found
+def test_the_copied_pair_is_found():
+    a, b = fingerprints(COPIED_A, TEMPLATE), fingerprints(COPIED_B, TEMPLATE)
+    print(f"copied pair {source_similarity(a, b):.3f} ({containment(a, b):.3f} and {containment(b, a):.3f})")
+    assert source_similarity(a, b) >= SOURCE_SIMILARITY
+
+
+def test_renaming_comments_docstrings_and_layout_change_nothing():
+    tree = ast.parse(COPIED_A)
+    functions = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    names = functions | {node.arg for node in ast.walk(tree) if isinstance(node, ast.arg)} \
+        | {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store)}
+    attributes = functions | {node.attr for node in ast.walk(tree)
+                              if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)}
+    new = {old: f"q{number}" for number, old in enumerate(sorted(names | attributes)) if not old.startswith("__")}
+    assert {"make_onehot", "enc_fc", "hidden", "log_var", "GenModel", "device"} <= set(new)
+    # Every own name renamed (self included), library names and attributes (x.device, F.one_hot) kept.
+    renamed = re.sub(r"(?<![.\w])(" + "|".join(n for n in new if n in names) + r")\b", lambda m: new[m[1]], COPIED_A)
+    renamed = re.sub(r"(?<=\.)(" + "|".join(n for n in new if n in attributes) + r")\b", lambda m: new[m[1]], renamed)
+    renamed = renamed.replace(f"{new['device']}={new['device']}", f"device={new['device']}")  # torch's keyword
+    assert "enc_fc" not in renamed and re.search(r"q\d+\.device", renamed) and "torch.randn_like" in renamed
+    disguised = re.sub(r"#.*", "# rewritten comment", renamed)                      # comments
+    disguised = re.sub(r"(\n(\s*)def [^\n]*:\n)", r'\1\2    """A new docstring."""\n', disguised)  # docstrings
+    disguised = disguised.replace(", ", " ,  ").replace(" = ", "=").replace("\n\n", "\n\n\n")  # layout
+    disguised = disguised.replace("(0.5 * ", "(\n        0.5\n        * ")
+    assert ast.parse(disguised) and disguised.count('"""A new docstring."""') == 12
+    assert fingerprints(disguised, TEMPLATE) == fingerprints(COPIED_A, TEMPLATE)
+
+
+def test_reordering_functions_and_methods_keeps_the_copy_above_the_threshold():
+    lines = COPIED_A.splitlines()
+    tree = ast.parse(COPIED_A)
+
+    def block(node):
+        return "\n".join(lines[node.lineno - 1:node.end_lineno])
+    blocks = []
+    for node in reversed(tree.body):
+        if isinstance(node, ast.ClassDef):
+            methods = [block(m) for m in reversed(node.body)]
+            blocks.append(lines[node.lineno - 1] + "\n" + "\n\n".join(methods))
+        else:
+            blocks.append(block(node))
+    reordered = "\n\n\n".join(blocks) + "\n"
+    assert ast.parse(reordered) and reordered.index("class GenModel") < reordered.index("def make_onehot")
+    value = source_similarity(fingerprints(reordered, TEMPLATE), fingerprints(COPIED_A, TEMPLATE))
+    print(f"reordered copy {value:.3f}")
+    assert value >= 0.9
+
+
+@pytest.mark.parametrize("lines", [48, 200])
+def test_unused_lines_appended_to_a_copy_do_not_dilute_it(lines):
+    diluted = COPIED_A + padding(lines)
+    assert ast.parse(diluted) and diluted.count("\n") >= COPIED_A.count("\n") + lines
+    a, b, d = (fingerprints(text, TEMPLATE) for text in (COPIED_A, COPIED_B, diluted))
+    print(f"copied_a + {lines} lines against copied_b {source_similarity(d, b):.3f}")
+    assert len(d) > len(a) + lines // 5  # the pasted lines count
+    assert containment(d, b) < SOURCE_SIMILARITY  # and would hide the copy in the diluted direction,
+    assert containment(b, d) == pytest.approx(containment(b, a), abs=0.02)  # but not in the other
+    assert source_similarity(d, b) >= SOURCE_SIMILARITY
+
+
+# ---------------------------------------------------------------- honest work is not paired
+def test_the_honest_corpus_and_the_reference_stay_below_the_threshold():
+    honest = {p.stem: fingerprints(p.read_text(), TEMPLATE) for p in sorted(SUBMISSIONS.glob("*.py"))}
+    assert len(honest) == 14
+    pairs = {(a, b): source_similarity(honest[a], honest[b]) for a in honest for b in honest if a < b}
+    highest = max(pairs, key=pairs.get)
+    reference = fingerprints((ROOT / "submission.py").read_text(), TEMPLATE)
+    against_reference = {name: source_similarity(reference, prints) for name, prints in honest.items()}
+    print(f"highest honest pair {highest} {pairs[highest]:.3f}, "
+          f"reference at most {max(against_reference.values()):.3f}")
+    assert pairs[highest] < SOURCE_SIMILARITY - 0.15
+    assert max(against_reference.values()) < SOURCE_SIMILARITY - 0.15
+
+
+def test_the_starter_template_does_not_make_students_similar(tmp_path):
+    # Both keep the whole template and write the loss and forward, each in a style of their own.
+    mine = fill(TEMPLATE, {"VAE.forward": """
+mu, log_var = self.encode(x)
+z = self.reparameterize(mu, log_var)
+return self.decode(z), mu, log_var
+""", "vae_loss": """
+batch = x.size(0)
+recon = torch.sum((recon_x.view(batch, -1) - x.view(batch, -1)) ** 2, dim=1) / (2 * var)
+kl = 0.5 * torch.sum(-1 + torch.exp(log_var) + mu ** 2 - log_var, dim=1)
+return torch.mean(recon + kl)
+"""})
+    theirs = fill(TEMPLATE, {"VAE.forward": """
+mu, log_var = self.encode(x, labels)
+return self.decode(self.reparameterize(mu, log_var)), mu, log_var
+""", "vae_loss": """
+b = x.size(0)
+kl = 0.5 * (log_var.exp() + mu.square() - 1.0 - log_var).sum(dim=1)
+nll = (recon_x.reshape(b, -1) - x.reshape(b, -1)).square().sum(dim=1) / (2.0 * var)
+return (kl + nll).mean()
+"""})
+    a, b = fingerprints(mine, TEMPLATE), fingerprints(theirs, TEMPLATE)
+    assert min(len(a), len(b)) >= similarity.MIN_FINGERPRINTS  # judged, not skipped
+    assert source_similarity(a, b) < 0.4
+    assert source_similarity(fingerprints(mine, ""), fingerprints(theirs, "")) >= SOURCE_SIMILARITY  # the template
+    assert fingerprints(TEMPLATE, TEMPLATE) == set()
+
+    # Two who wrote the same two lines of reparameterize into the template have too little of their own to judge.
+    tiny = fill(TEMPLATE, {"VAE.reparameterize": "std = torch.exp(0.5 * log_var)\n"
+                                                 "return mu + std * torch.randn_like(std)"})
+    pairs, notes = grade_folders(tmp_path, {"mine": mine, "theirs": theirs, "tiny1": tiny, "tiny2": tiny,
+                                            "starter": TEMPLATE})
+    assert pairs == []
+    assert sorted(note.split(":")[0] for note in notes) == ["starter", "tiny1", "tiny2"]
+    assert all("fingerprints beyond the starter template" in note for note in notes)
+
+
+# ---------------------------------------------------------------- no file stops the comparison
+@pytest.mark.parametrize("terms", [600, 5000])
+def test_a_deeply_nested_line_does_not_raise(tmp_path, terms):
+    nested = COPIED_A + "\n\nTOTAL = " + " + ".join(f"a{i}" for i in range(terms)) + "\n"
+    # ast.parse takes the 600 terms (and Python compiles them) but gives up on 5000 (RecursionError in 3.11):
+    # that file is compared with every identifier renamed, which keeps library names apart no more.
+    assert (similarity.defined_names(nested) is None) == (terms == 5000)
+    pairs, notes = grade_folders(tmp_path, {"nested": nested, "copied_b": COPIED_B})
+    assert notes == []
+    if terms == 600:  # the copy is still found, the sum being one more dilution
+        assert [p["students"] for p in pairs] == [["copied_b", "nested"]]
+
+
+def test_a_student_whose_source_fails_is_left_out_with_a_note(tmp_path, monkeypatch):
+    pairs, notes = grade_folders(tmp_path, {"binary": b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x81 not text",
+                                            "copied_a": COPIED_A, "copied_b": COPIED_B})
+    assert [p["students"] for p in pairs] == [["copied_a", "copied_b"]]
+    assert len(notes) == 1 and notes[0].startswith("binary: source not compared (")
+
+    real = similarity.fingerprints
+
+    def recursing(text, template=""):
+        if "DEEP" in text:
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(text, template)
+    monkeypatch.setattr(similarity, "fingerprints", recursing)
+    pairs, notes = grade_folders(tmp_path / "second", {"deep": COPIED_A + "DEEP = 1\n", "copied_a": COPIED_A,
+                                                       "copied_b": COPIED_B})
+    assert [p["students"] for p in pairs] == [["copied_a", "copied_b"]]
+    assert notes == ["deep: source not compared (RecursionError: maximum recursion depth exceeded)"]
+
+
+def test_notes_are_listed_in_the_similarity_section(tmp_path):
+    report = {"isolation": "bubblewrap: test", "isolated": True,
+              "similarity": [{"kind": "similar-source", "students": ["a", "b"], "value": 0.8}],
+              "similarity_notes": ["c: source not compared (RecursionError: too deep)"]}
+    reports.write_tables([], tmp_path / "grades.csv", report)
+    section = (tmp_path / "grades.md").read_text().split("## Similarity between students")[1]
+    assert section.strip().splitlines() == ["- a and b: `similar-source` 0.800",
+                                            "- note: c: source not compared (RecursionError: too deep)"]
