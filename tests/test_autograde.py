@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,10 +35,15 @@ SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "chea
 # whole corpus runs through the same grader with `python -m tools.course autograde tests/submissions`
 # (docs/course.md); here it would multiply the batch's process starts, which dominate the suite's time.
 HONEST = ["decode_int", "embedding_label"]
+# The cheats, one or more per category of the threat model (docs/course.md): the first round's, then the
+# second's, each written the way a motivated student would.
 CHEATS = ["identity_forward", "memorised_samples", "copy_samples", "writes_outside", "tamper_outputs",
-          "copied_a", "copied_b"]
+          "copied_a", "copied_b",
+          "mantissa_code", "lookup_bank", "grey_corner", "fid_noise", "budget_overrun", "link_swap",
+          "fifo_contract", "copied_c", "bomb_checkpoint", "disk_fill"]
 BUDGET = ["--train_limit", 256, "--epochs", 1, "--batch_size", 64, "--inf_num", 200, "--eval_num", 100,
-          "--pred_step", 0, "--import_time_limit", 180, "--time_limit", 300]
+          "--pred_step", 0, "--import_time_limit", 180, "--time_limit", 300, "--train_cpu_seconds", 8,
+          "--phase_disk_gb", 0.25]
 MARKER = Path("/tmp/vae_lab_cheat_marker")  # where writes_outside.py writes (CHEAT_MARKER is not passed in)
 ISOLATED, WHY = sandbox.isolation()
 
@@ -101,18 +107,30 @@ def graded(tmp_path_factory, tiny_valid, tiny_train):
     # need): identity_forward's, copy_samples', and copied_a's, which copied_b hands in too, under its own
     # layer names.
     renamed = ["h", "to_mean", "to_logvar", "g1", "g2", "g_out"]
-    for name, latent_dim in (("identity_forward", 1), ("copy_samples", 8), ("copied_a", 12), ("copied_b", 12)):
-        source = "copied_a" if name == "copied_b" else name
+    grading_images = torch.from_numpy(load_split(tiny_valid)[0][:200]).float().div(255).reshape(200, 784)
+    for name, latent_dim in (("identity_forward", 1), ("copy_samples", 8), ("copied_a", 12), ("copied_b", 12),
+                             ("copied_c", 12), ("mantissa_code", 8), ("lookup_bank", 1), ("grey_corner", 1),
+                             ("link_swap", 2)):
+        source = "copied_a" if name in ("copied_b", "copied_c") else name
         module = load_module(CHEATS_DIR / f"{source}.py", f"handed_in_{source}")
         (students / name / "checkpoints").mkdir()
         for task, cls in (("VAE0label", module.VAE), ("Genwithlabel", module.GenModel)):
             torch.manual_seed(0)
             checkpoint = checkpoint_of(cls(latent_dim=latent_dim), task, latent_dim)
+            if name == "lookup_bank":  # the public grading images, in a trainable parameter
+                checkpoint["model_state_dict"]["bank"] = grading_images.clone()
             if name == "copied_b":
                 values = list(checkpoint["model_state_dict"].values())
                 checkpoint["model_state_dict"] = {f"{renamed[i // 2]}.{'weight' if i % 2 == 0 else 'bias'}": value
                                                   for i, value in enumerate(values)}
             atomic_torch_save(checkpoint, students / name / "checkpoints" / f"{task}.pth")
+    (students / "bomb_checkpoint" / "checkpoints").mkdir()
+    for task in ("VAE0label", "Genwithlabel"):  # 5 MB on disk, more than 1 GiB once inflated
+        with zipfile.ZipFile(students / "bomb_checkpoint" / "checkpoints" / f"{task}.pth", "w", zipfile.ZIP_DEFLATED,
+                             compresslevel=1) as archive, archive.open("archive/data/0", "w", force_zip64=True) as entry:
+            block = bytes(16 << 20)
+            for _ in range(70):
+                entry.write(block)
     MARKER.unlink(missing_ok=True)
     connections = []
     listener = None
@@ -336,9 +354,88 @@ def test_copied_pair_is_listed_in_the_similarity_section(graded):
     assert {note.split(":")[0] for note in report["similarity_notes"]} == {"starter", "syntax"}
     assert "similar-source" in rows["copied_a"]["integrity"] and "similar-source" in rows["copied_b"]["integrity"]
     assert rows["copied_a"]["Genwithlabel_source"] == rows["copied_b"]["VAE0label_source"] == "handed in"
+    # copied_c: copied_a diluted by 48 unused lines, and a 600-term sum that crashed the first round's report
+    assert ("similar-source", ("copied_a", "copied_c")) in pairs and ("similar-source", ("copied_b", "copied_c")) in pairs
     markdown = graded["out"].with_suffix(".md").read_text()
     assert re.search(r"copied_a and copied_b: `similar-source` \d\.\d{3}", markdown)
     assert "\n- note: starter: source not compared (fingerprints beyond the starter template: 0," in markdown
+
+
+# ---------------------------------------------------------------- the second round's categories
+def test_information_beyond_latent_dim_is_graded_from_the_perturbed_decode(graded):
+    """mantissa_code hides a thumbnail in the low bits of its 8 numbers; lookup_bank's one number is the index of
+    a grading image held in its checkpoint. Moving each code by 5% of its spread destroys both: the grade comes
+    from that decode, and falls to what a random code earns (honest decoders lose under 1%: the reference)."""
+    records = graded["records"]
+    for name in ("mantissa_code", "lookup_bank"):
+        row = graded["rows"][name]
+        for task in ("VAE0label", "Genwithlabel"):
+            entry = records[name]["tasks"][task]
+            check = entry["perturbation_check"]
+            assert f"{task}:code-beyond-latent-dim" in task_flags(row) and check["relative_drop"] > 0.8, (name, check)
+            assert entry["graded_from"] == "perturbed decode" and entry["score"] == entry["perturbed"]["score"]
+            # what other real digits, or noise, earn (2.0 of lookup_bank's 10): not what its forward claims
+            assert entry["score"] < 0.25 * entry["forward"]["score"]
+    # the index code's samples are grading images: also copies
+    assert "Genwithlabel:copied-samples" in task_flags(graded["rows"]["lookup_bank"])
+    for task in ("VAE0label", "Genwithlabel"):
+        assert records["reference"]["tasks"][task]["perturbation_check"]["relative_drop"] < 0.01
+
+
+def test_a_reconstruction_better_than_its_decode_on_ssim_is_graded_from_the_decode(graded):
+    """grey_corner's forward returns the input with a grey corner: its MSE stays near decode's, its SSIM does not.
+    The whole score is bounded by decode's."""
+    row, record = graded["rows"]["grey_corner"], graded["records"]["grey_corner"]
+    assert task_flags(row) == ["VAE0label:recon-bypasses-code", "Genwithlabel:recon-bypasses-code"]
+    for task in ("VAE0label", "Genwithlabel"):
+        entry = record["tasks"][task]
+        assert entry["forward"]["ssim"] > entry["verified"]["ssim"] + 0.3
+        assert entry["graded_from"] == "verified decode" and entry["score"] == entry["verified"]["score"] < 0.5
+
+
+def test_samples_that_only_match_the_pixel_statistics_earn_no_fid_term(graded):
+    """fid_noise draws noise with each label's per-pixel mean and variance: not a digit. Either its FID earns
+    nothing anyway (the tiny budget here) or the classifier's verdict zeroes the term."""
+    entry = graded["records"]["fid_noise"]["tasks"]["Genwithlabel"]
+    assert entry["legibility"]["overall"] < integrity.LEGIBILITY_FLOOR
+    assert entry["fid"] >= 10 or "illegible-samples" in entry.get("fid_term_zeroed", [])
+    from grade import grade
+    assert entry["score"] == grade("Genwithlabel", entry["ssim"], entry["mse"], entry["latent_dim"], 10.0)
+    # honest samples read as their label (the reference: 98% on this tiny grading split)
+    assert graded["records"]["reference"]["tasks"]["Genwithlabel"]["legibility"]["overall"] >= 0.95
+
+
+def test_training_past_the_budget_is_stopped_by_the_sandbox(graded):
+    """budget_overrun reads the training split named on its command line and trains itself for a minute: it
+    finds only the budget's 256 images, and the CPU-time limit stops the phase."""
+    row = graded["rows"]["budget_overrun"]
+    log = (graded["out"].parent / "grades_logs" / "budget_overrun" / "train.log").read_text()
+    assert "budget_overrun: found 256 training images" in log
+    assert "VAE0label training: killed by SIGXCPU (used more CPU time than the limit, 16 s)" in row["errors"]
+    assert row["VAE0label_grade"] == row["Genwithlabel_grade"] == ""
+
+
+def test_links_pipes_and_full_disks_cost_only_their_author(graded):
+    rows = graded["rows"]
+    # link_swap's output folders became links to decode_int's: refused, and decode_int's own row is intact
+    assert "VAE0label reconstruct: VAE0label/error.txt: VAE0label is a symbolic link" in rows["link_swap"]["errors"]
+    assert rows["decode_int"]["errors"] == "" and float(rows["decode_int"]["total"]) > 0
+    # fifo_contract's contract.json became a named pipe: refused without a read, the batch went on
+    assert rows["fifo_contract"]["errors"] == "contract check: contract.json is not a regular file; plain files only"
+    # disk_fill's train phase wrote 512 MiB in 64 MiB files: killed at the work folder's limit
+    assert "training: its files in the work folder took more than 256 MiB of disk (killed)" in rows["disk_fill"]["errors"]
+    # bomb_checkpoint's checkpoints inflate to more than 1 GiB: refused inside the sandbox before loading
+    assert "checkpoints/VAE0label.pth inflates to 1,174,405,120 bytes" in rows["bomb_checkpoint"]["errors"]
+
+
+def test_the_grader_never_loads_a_students_checkpoint_itself():
+    """A checkpoint can be a bomb (or need a pickle): only the sandboxed phases load one. The grader's package
+    has no call that could."""
+    for path in (ROOT / "tools" / "autograde").glob("*.py"):
+        text = path.read_text()
+        if "def calibrate(" in text:  # the TA's own tool, run on a model the TA trained
+            text = text[:text.index("def calibrate(")]
+        assert "load_checkpoint" not in text and "torch.load" not in text, path.name
 
 
 # ---------------------------------------------------------------- parallel and isolation

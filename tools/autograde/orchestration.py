@@ -210,9 +210,10 @@ def grade_student(batch: Batch, student: Student) -> dict:
         contract = json.loads(raw.decode(errors="replace")) if raw is not None else None
         if not isinstance(contract, dict) or not isinstance(contract.get("tasks", {}), dict):
             raise ValueError("not a result object")
-    except (LabError, ValueError):
+    except (LabError, ValueError) as error:
         imported = IMPORTED_LINE in sandbox.log_tail(student.logs / "contract.log")
-        fail(f"{'contract check' if imported else 'import'}: {result.error or 'exited before writing its result'}")
+        why = str(error) if isinstance(error, LabError) else result.error or "exited before writing its result"
+        fail(f"{'contract check' if imported else 'import'}: {why}")
         return record
     if contract.get("import"):
         fail(f"import: {str(contract['import'])[:300]}")
