@@ -57,12 +57,12 @@ def bound_by_decode(forward: dict, decoded: dict, recon: np.ndarray, verified: n
             "most_different": [{"image": int(i), "mse": float(per_image[i])} for i in worst if per_image[i] > 0]}
 
 
-def perturbed_codes(codes: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-    """codes [N, D] moved by PERTURBATION times each number's spread over the N codes, in a random
+def perturbed_codes(codes: np.ndarray, generator: np.random.Generator, scale: float = PERTURBATION) -> np.ndarray:
+    """codes [N, D] moved by `scale` times each number's spread over the N codes, in a random
     direction: float32, as the decode phase gets them."""
     spread = codes.astype(np.float64).std(axis=0, keepdims=True)
     noise = generator.standard_normal(codes.shape)
-    return (codes + PERTURBATION * spread * noise).astype(np.float32)
+    return (codes + scale * spread * noise).astype(np.float32)
 
 
 def perturbation_check(verified: dict, perturbed: dict) -> dict:
@@ -204,4 +204,31 @@ def calibrate(checkpoint, train="train", held_out="valid", per_label: int = 100,
         result[name] = check
         print(f"{name:>45}: {check['copies']} of {check['samples']} below ({100 * check['fraction']:.1f}%; "
               f"flagged above {100 * COPY_FRACTION:.0f}%), median distance {check['median_distance']:.5f}")
+    result["perturbation"] = perturbation_drops(model, loaded["task"], latent_dim, *load_split(held_out), seed=seed)
+    print(f"perturbation (the first 2,000 {held_out} images): relative drop of the uncapped grade when the codes "
+          f"move by s x their spread: " + ", ".join(f"s = {s}: {100 * drop:.2f}%"
+                                                   for s, drop in result["perturbation"].items()))
     return result
+
+
+def perturbation_drops(model, task, latent_dim, images, labels, scales=(0.02, 0.05, 0.1, 0.2), num=2000, seed=42):
+    """{scale: relative drop of the grade} of a model's decode when its codes move by scale x their
+    spread, as the decode phase moves them (scale PERTURBATION), on the first `num` images."""
+    import torch
+    import contract
+    from data_utils import to_uint8
+    from grade import grade_arrays
+    images, labels = images[:num], labels[:num]
+    x = torch.from_numpy(images).float().div(255)[:, None]
+    decoder = contract.Decoder(model, latent_dim)
+    with torch.no_grad():
+        _, codes, _ = contract.reconstruct(model, x, torch.from_numpy(labels).long(), latent_dim)
+        codes = codes.float().numpy()
+
+        def graded(rows):  # the reconstruction terms of the grade (VAE0label's formula)
+            decoded = to_uint8(decoder(torch.from_numpy(rows), torch.from_numpy(labels).long()))
+            return grade_arrays("VAE0label", images, labels, decoded, None, latent_dim, progress=lambda r, **_: r)
+        verified = graded(codes)
+        return {scale: perturbation_check(verified, graded(perturbed_codes(codes, np.random.default_rng([seed, 1]),
+                                                                           scale)))["relative_drop"]
+                for scale in scales}
