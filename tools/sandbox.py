@@ -585,7 +585,10 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                     pass
                 if group is not None:
                     group.kill_and_remove()
-                code = process.wait()
+                try:  # killed with its whole group; a process stuck in the kernel must not hang the grader
+                    code = process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    code = -signal.SIGKILL
     finally:
         if temp_home:
             shutil.rmtree(temp_home, ignore_errors=True)
