@@ -249,6 +249,7 @@ def test_table_report_and_progress_lines(graded):
     markdown = out.with_suffix(".md").read_text()
     assert markdown.startswith("Isolation: ") and "## Integrity flags" in markdown
     assert "## Similarity between students" in markdown
+    assert re.search(r"^- reference VAE0label: \d+\.\d\d -> \d+\.\d\d \([+-]\d+\.\d%\)$", markdown, re.M)
     n = len(rows)
     # one line per phase, each phase one process for both tasks
     for phase in ("contract", "train", "reconstruct", "decode"):

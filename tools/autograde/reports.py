@@ -60,6 +60,13 @@ def write_tables(records: list, out: Path, report: dict) -> list:
     lines += ["", "## Integrity flags", ""]
     flagged = [(r["student"], f) for r in records for f in r.get("flags", [])]
     lines += [f"- **{name}** {f.get('task', '')} `{f['flag']}`: {f['evidence']}" for name, f in flagged] or ["none"]
+    lines += ["", "## What the codes carry", "",
+              "Each task's grade from decode of its codes, and from decode of the codes moved by a small share of "
+              "their spread: an honest decoder barely changes; a code that hides more than its numbers does not "
+              "survive the move (`code-beyond-latent-dim`).", ""]
+    lines += [f"- {r['student']} {task}: {e['perturbation_check']['verified_score']:.2f} -> "
+              f"{e['perturbation_check']['perturbed_score']:.2f} ({-100 * e['perturbation_check']['relative_drop']:+.1f}%)"
+              for r in records for task, e in r.get("tasks", {}).items() if "perturbation_check" in e] or ["none graded"]
     lines += ["", "## Similarity between students", ""]
     lines += [f"- {' and '.join(p['students'])}: `{p['kind']}`" + (f" ({p['task']})" if p.get("task") else "")
               + f" {p['value']:.3f}" for p in report.get("similarity", [])] or ["none above the thresholds"]
