@@ -128,7 +128,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    chosen = {}
+    chosen, why_not = {}, []
     for task in TASKS:
         wanted, folder = getattr(args, task), getattr(args, f"{task}_output_dir")
         if wanted or (wanted is None and folder.is_dir()):
@@ -136,9 +136,14 @@ def main(argv=None):
                 raise LabError(f"output folder {folder} of {task} not found: run "
                                f"`python inference.py --task {task}` first")
             chosen[task] = folder
+        else:
+            why_not.append(f"{task} is switched off (--{task} False)" if wanted is False
+                           else f"{task} has no output folder {folder}")
     if not chosen:
-        raise LabError(f"nothing to grade: no {' or '.join(str(default_output_dir(t)) for t in TASKS)}; "
-                       f"run inference.py first or pass --<task>_output_dir")
+        off = all(getattr(args, task) is False for task in TASKS)
+        raise LabError("nothing to grade: " + ("every task is switched off; leave out --<task> False"
+                                               if off else "; ".join(why_not)
+                                               + "; run inference.py first or pass --<task>_output_dir"))
     ensure_writable_folder(args.result_path.parent, "--result_path")  # before grading, not after
     results = {}
     for task, folder in chosen.items():

@@ -124,6 +124,8 @@ def main(argv=None):
     recon, codes = reconstruct(model, data, args.batch_size, latent_dim, device)
     decoder = contract.Decoder(model, latent_dim)
     print(f"generating with {decoder.note}")
+    if decoder.warning:
+        print(f"warning: {decoder.warning}")
     per_label = TASK_RECORDS[task].samples_per_label
     samples = generate(decoder, latent_dim, per_label, args.seed, device)
     info = dict(checkpoint["hyperparams"], task=task, latent_dim=latent_dim, model=checkpoint["model"],

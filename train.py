@@ -151,6 +151,9 @@ def main(argv=None):
                 raise
     if resume_from is not None:
         trainer.resume(resume_from)
+        if trainer.epoch >= config.epochs:
+            print(f"nothing to train: {resume_from} has {trainer.epoch} epochs done and --epochs is {config.epochs}; "
+                  f"pass a larger --epochs to train on (the model is exported again as it is)")
     try:
         trainer.train(save_loss_plot=args.save_loss_plot, show_loss_plot=args.show_loss_plot)
     except TrainingInterrupted as message:

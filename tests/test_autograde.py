@@ -31,10 +31,11 @@ from tools.autograde import integrity, orchestration, phases, reports, similarit
 
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
 # Two honest styles, each exercising a path of the grader that the cheats do not: a latent_dim other than
-# 8 read from the constructor's default (with an embedded label), and decode one sample at a time. The
+# 8 read from the constructor's default, with a decode that works only batched (the handout's one-sample call
+# fails: a note, not a flag), and decode one sample at a time. The
 # whole corpus runs through the same grader with `python -m tools.course autograde tests/submissions`
 # (docs/course.md); here it would multiply the batch's process starts, which dominate the suite's time.
-HONEST = ["decode_int", "embedding_label"]
+HONEST = ["decode_int", "decode_batch_only"]
 # The cheats, one or more per category of the threat model (docs/course.md): the first round's, then the
 # second's, each written the way a motivated student would.
 CHEATS = ["identity_forward", "memorised_samples", "copy_samples", "writes_outside", "tamper_outputs",
@@ -224,7 +225,10 @@ def test_honest_corpus_is_graded_without_flags(graded, tiny_valid):
                 assert entry["copy_check"]["fraction"] <= integrity.COPY_FRACTION
         assert float(row["total"]) == pytest.approx(float(row["VAE0label_grade"]) + float(row["Genwithlabel_grade"]))
     # latent_dim is the grader's: the constructor default read from the source (else 8, the cheats' case)
-    assert records["embedding_label"]["tasks"]["Genwithlabel"]["latent_dim"] == 32
+    assert records["decode_batch_only"]["tasks"]["Genwithlabel"]["latent_dim"] == 2
+    # the handout's harness would have stopped at decode_batch_only's one-sample decode: a note for the TA
+    assert rows["decode_batch_only"]["notes"].startswith("Genwithlabel: the handout's one-sample call GenModel.decode(")
+    assert "this lab used batched decode" in rows["decode_batch_only"]["notes"] and rows["decode_int"]["notes"] == ""
 
 
 def test_the_reference_answer_is_graded_unflagged_from_its_shipped_checkpoints(graded, tiny_valid):

@@ -153,6 +153,23 @@ def test_grade_names_a_missing_png_and_keeps_old_results(outputs, tmp_path):
     assert result.returncode == 2 and "gen/3" in result.stderr
 
 
+def test_nothing_to_grade_says_what_happened(outputs, tmp_path):
+    """With VAE0label's folder present and the task switched off, the message names the switch, not a missing
+    folder; with both switched off it says so; a missing folder is named by its path."""
+    base, _, _ = outputs
+    missing = tmp_path / "nowhere"
+    result = run("grade.py", "--VAEwolabel", "False", "--VAE0label_output_dir", base / "VAE0label",
+                 "--Genwithlabel_output_dir", missing, "--result_path", tmp_path / "r.json", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: nothing to grade: VAE0label is switched off (--VAE0label False); "
+                                     f"Genwithlabel has no output folder {missing}; run inference.py first or pass "
+                                     f"--<task>_output_dir")
+    result = run("grade.py", "--VAEwolabel", "False", "--Genwithlabel", "False", "--result_path", tmp_path / "r.json",
+                 check=False)
+    assert result.stderr.strip() == "error: nothing to grade: every task is switched off; leave out --<task> False"
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_grade_refuses_outputs_of_another_split(outputs, tmp_path):
     base, _, _ = outputs
     result = run("grade.py", "--VAE0label_output_dir", base / "VAE0label", "--no-Genwithlabel",

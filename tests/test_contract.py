@@ -62,6 +62,20 @@ def test_decoder_picks_a_call_that_gives_the_handouts_images(style, mode):
     assert torch.allclose(images, handout_images(reference, z, labels), atol=1e-6)
 
 
+@pytest.mark.parametrize("style, warned", [("batched", False), ("0dim-mixes-labels", False), ("batch-only", True),
+                                           ("int-only", True)])
+def test_the_lab_says_when_the_handouts_one_sample_call_fails(style, warned):
+    """The lab falls back where the handout's inference.py stopped; it grades such a decoder, but says so."""
+    decoder = contract.Decoder(TinyDecoder(style).eval(), latent_dim=3)
+    if not warned:
+        assert decoder.warning is None
+        return
+    assert decoder.warning.startswith("the handout's one-sample call TinyDecoder.decode(z [1, 3], label tensor(5)) "
+                                      "fails (")
+    assert decoder.warning.endswith(f"so the original harness would stop there; this lab used {decoder.note}")
+    assert ("RuntimeError" if style == "batch-only" else "TypeError: label must be an int") in decoder.warning
+
+
 def test_a_decoder_that_fails_every_call_is_named():
     with pytest.raises(contract.ContractError, match=r"decode\(z \[1, 3\], label tensor\(5\)\) raised RuntimeError"):
         contract.Decoder(TinyDecoder("broken"), latent_dim=3)

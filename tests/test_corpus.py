@@ -134,6 +134,12 @@ def test_the_decode_fallbacks_are_taken_where_the_styles_need_them(graded):
     notes = {name: log for name, (_, _, log) in graded.items()}
     assert "one sample at a time (the batched call gave other images)" in notes["decode_0dim_only"]
     assert "batched decode" in notes["decode_batch_only"]
+    # ... and says that the handout's own inference.py would have stopped at its one-sample call
+    warned = {name for name, log in notes.items() if "warning: the handout's one-sample call" in log}
+    assert warned == {"decode_batch_only"}
+    assert ("warning: the handout's one-sample call GenModel.decode(z [1, 3], label tensor(5)) fails (RuntimeError: "
+            "Tensors must have same number of dimensions: got 2 and 1), so the original harness would stop there; "
+            "this lab used batched decode(z [B, D], labels [B])") in notes["decode_batch_only"]
     assert "handout's decode(z [1, D], 0-dim label)" in notes["decode_int"]
 
 

@@ -84,6 +84,8 @@ def test_a_run_resumes_in_the_other_precision(tmp_path, tiny_valid, first, then)
     checkpoint = torch.load(tmp_path / "run" / "epoch_2.pth", weights_only=True)
     assert checkpoint["step"] == 4 and len(checkpoint["train_losses"]) == 4
     assert checkpoint["hyperparams"]["autocast"] == then
+    again = run("train.py", *common, "--epochs", 2, "--precision", then, "--load_from_checkpoint")
+    assert "nothing to train: " in again.stdout and "has 2 epochs done and --epochs is 2" in again.stdout
 
 
 # ---------------------------------------------------------------- the fallback

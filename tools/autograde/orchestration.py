@@ -252,6 +252,8 @@ def grade_student(batch: Batch, student: Student) -> dict:
             continue
         record["tasks"][task] = {"latent_dim": latent_dims[task], "source": "handed in" if task in given else "trained here"}
         running[task] = given.get(task)
+        if outcome.get("decode_warning"):  # graded all the same: the TA decides what it is worth
+            record["notes"].append(f"{task}: {str(outcome['decode_warning'])[:300]}")
 
     # 2.-5. one process per phase, doing its work for every task still running; then the grades
     phases = Phases(batch, student)
@@ -415,7 +417,7 @@ def autograde(args) -> list:
         try:
             record = grade_student(batch, student)
         except Exception as error:  # a grader bug must not lose the other students' rows
-            record = {"student": folder.name, "tasks": {}, "flags": [],
+            record = {"student": folder.name, "tasks": {}, "flags": [], "notes": [],
                       "errors": [f"autograder failure: {one_line(error)}"]}
             (logs / "autograder_traceback.txt").write_text(traceback.format_exc())
         record["seconds"] = round(time.perf_counter() - student_started, 2)

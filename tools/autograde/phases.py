@@ -151,7 +151,8 @@ class Student:
     weights: dict = field(default_factory=dict)  # task -> (handed-in weights as one vector, their shapes)
 
     def __post_init__(self):
-        self.record = {"student": self.folder.name, "tasks": {}, "errors": [], "flags": [], "phases": {}}
+        # notes: what the TA should know that is neither an error nor a flag (no grade depends on them)
+        self.record = {"student": self.folder.name, "tasks": {}, "errors": [], "flags": [], "notes": [], "phases": {}}
 
     @property
     def lab(self) -> Path:

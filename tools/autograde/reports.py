@@ -10,14 +10,15 @@ from data_utils import atomic_write_bytes
 TABLE_COLUMNS = ["student",
                  "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source", "VAE0label_precision",
                  "Genwithlabel_ssim", "Genwithlabel_mse", "Genwithlabel_fid", "Genwithlabel_grade",
-                 "Genwithlabel_source", "Genwithlabel_precision", "total", "integrity", "errors"]
+                 "Genwithlabel_source", "Genwithlabel_precision", "total", "integrity", "errors", "notes"]
 METRICS = {"VAE0label": ("ssim", "mse"), "Genwithlabel": ("ssim", "mse", "fid")}
 
 
 def table_rows(records: list) -> list:
     rows = []
     for record in records:
-        row = {"student": record["student"], "errors": "; ".join(record["errors"])}
+        row = {"student": record["student"], "errors": "; ".join(record["errors"]),
+               "notes": "; ".join(record.get("notes", []))}
         total = 0.0
         for task, metrics in METRICS.items():
             entry = record["tasks"].get(task, {})
