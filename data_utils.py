@@ -142,6 +142,10 @@ def recorded_sha256(path: Path):
 def load_split(split):
     """Return (images uint8 [N,28,28], labels int64 [N]) as numpy arrays, checked."""
     path = resolve_split(split)
+    arrow = path if path.suffix == ".arrow" else next(iter(sorted(path.glob("*.arrow"))), None) if path.is_dir() else None
+    if arrow is not None:  # the original course kept its splits as Hugging Face `datasets` arrow files
+        raise LabError(f"{arrow} is an arrow file of the original course: convert it first with `python dataset/build.py "
+                       f"--from_arrow {arrow} --out {arrow.parent.name or 'split'}.npz` and pass that .npz")
     if path.is_dir():
         raise LabError(f"{path} is a folder: the lab reads a split as one .npz file (a name such as valid or "
                        f"test, or a path to an .npz with 'images' and 'labels'), not a folder of PNG files")

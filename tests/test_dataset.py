@@ -79,3 +79,56 @@ def test_bad_data_files_are_clear_errors(tmp_path):
     np.savez(bad, images=np.zeros((3, 32, 32), np.uint8), labels=np.array([0, 1, 2]))
     with pytest.raises(LabError, match=r"\[N, 28, 28\]"):
         load_split(bad)
+
+
+# ---------------------------------------------------------------- the original course's arrow files
+def write_arrow(path: Path, images: np.ndarray, labels: np.ndarray, stream: bool = True) -> None:
+    """An arrow file laid out as Hugging Face `datasets` writes MNIST: `image` a struct of PNG bytes and a path,
+    `label` int64; an IPC stream (what `datasets` writes) or an IPC file."""
+    import io
+    import pyarrow as pa
+    from PIL import Image
+    pngs = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image, mode="L").save(buffer, format="PNG")
+        pngs.append({"bytes": buffer.getvalue(), "path": None})
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"image": pa.array(pngs, type=image_type), "label": pa.array(labels.tolist(), type=pa.int64())})
+    with pa.OSFile(str(path), "wb") as sink:
+        writer = pa.ipc.new_stream(sink, table.schema) if stream else pa.ipc.new_file(sink, table.schema)
+        with writer:
+            writer.write_table(table)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_arrow_split_of_the_original_course_converts_pixel_for_pixel(tmp_path, stream):
+    pytest.importorskip("pyarrow", reason="pyarrow (optional, `pip install pyarrow`) is not installed")
+    images, labels = load_split("test")
+    images, labels = images[:50], labels[:50]
+    (tmp_path / "test").mkdir()
+    arrow = tmp_path / "test" / "data.arrow"
+    write_arrow(arrow, images, labels, stream)
+    from conftest import run
+    out = tmp_path / "private_test.npz"
+    result = run("dataset/build.py", "--from_arrow", arrow, "--out", out)
+    assert f"wrote 50 images from {arrow} to {out}" in result.stdout
+    converted_images, converted_labels = load_split(out)
+    assert np.array_equal(converted_images, images) and np.array_equal(converted_labels, labels)
+    # the arrow file itself, or its folder, as --data_path: one line that names the conversion
+    for given in (arrow, tmp_path / "test"):
+        with pytest.raises(LabError, match=r"is an arrow file of the original course: convert it first with "
+                                           r"`python dataset/build.py --from_arrow .*data.arrow --out test.npz`"):
+            load_split(given)
+
+
+def test_without_pyarrow_the_conversion_names_the_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    sys.path.insert(0, str(ROOT / "dataset"))
+    try:
+        import build
+    finally:
+        sys.path.remove(str(ROOT / "dataset"))
+    with pytest.raises(LabError, match=r"^reading an \.arrow file needs pyarrow, which the lab does not install: "
+                                       r"python -m pip install pyarrow$"):
+        build.read_arrow(tmp_path / "data.arrow")
