@@ -255,7 +255,7 @@ def grade_student(batch: Batch, student: Student) -> dict:
         if outcome.get("decode_warning"):  # graded all the same: the TA decides what it is worth
             record["notes"].append(f"{task}: {str(outcome['decode_warning'])[:300]}")
 
-    # 2.-5. one process per phase, doing its work for every task still running; then the grades
+    # 2.-4. one process per phase, doing its work for every task still running; then the grades
     phases = Phases(batch, student)
     phases.train()
     recon, codes = phases.reconstruct()
