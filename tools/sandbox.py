@@ -38,12 +38,14 @@ Limits, with or without bubblewrap (set by setrlimit in the child before exec, i
                 root without a writable pids cgroup the process limit is not enforced;
                 process_limit() says which applies.
   file_bytes    RLIMIT_FSIZE: the largest file it may write, the log included
-  work_bytes    the disk space of everything in the work folder together: checked twice a second,
-                and the phase is killed when it is over (a burst between two checks can overshoot
-                by what the disk writes in half a second, each file still under file_bytes)
-  cpu_seconds   RLIMIT_CPU: CPU time per process (all its threads together); SIGXCPU, then SIGKILL
-                CPU_GRACE_SECONDS later. A child process has its own count: with the process limit,
-                a phase can use at most `processes` times this
+  work_bytes    the disk space of everything in the work folder together, and work_files the number
+                of its files and folders: checked twice a second, and the phase is killed when it is
+                over (a burst between two checks can overshoot by what the disk writes in half a
+                second, each file still under file_bytes)
+  cpu_seconds   CPU time of the whole phase: RLIMIT_CPU per process (all its threads together;
+                SIGXCPU, then SIGKILL CPU_GRACE_SECONDS later), and, twice a second, the sum over
+                every process of the phase's session, those already ended and waited for included,
+                so that work spread over child processes counts too
   tmp_bytes     size of the private /tmp and /dev/shm tmpfs (bubblewrap only)
   RLIMIT_CORE is 0. Without bubblewrap, nothing hides or protects the file system or network:
   isolation() says why, and the caller should warn or refuse (--require_isolation).
@@ -89,7 +91,8 @@ class Limits:
     tmp_bytes: int = 512 << 20     # size of the private /tmp and /dev/shm (bubblewrap only)
     memory_rlimit: str = "AS"      # "AS" (address space) or "DATA" (data + anonymous mmap; for CUDA)
     work_bytes: int = None         # disk space of the work folder, all files together (None: no limit)
-    cpu_seconds: float = None      # CPU time per process (None: no limit)
+    work_files: int = 100_000      # files and folders in the work folder (inodes are a disk's too)
+    cpu_seconds: float = None      # CPU time of the phase, all its processes together (None: no limit)
 
 
 @dataclass
@@ -458,10 +461,41 @@ def last_error_line(log: Path) -> str:
     return lines[-1][:240] if lines else ""
 
 
-def disk_usage(folder: Path) -> int:
-    """Bytes of disk the files under `folder` take (allocated blocks, so a sparse file counts what it
-    uses), without following links; files that vanish while counting are skipped."""
-    total, stack = 0, [str(folder)]
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of a process and all its descendants: user and system time of each, and of the
+    children each has waited for (a process that ended counts once its parent reaped it; a zombie
+    still shows its own). Under bubblewrap an orphan is adopted by the PID namespace's init, inside
+    the tree; without it, an orphan leaves the tree (and the count). Linux /proc only; 0 elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        entries = [entry for entry in os.listdir("/proc") if entry.isdigit()]
+    except OSError:
+        return 0.0
+    parents, times = {}, {}
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+            # after the command name: state ppid ... utime(11) stime(12) cutime(13) cstime(14)
+            parents[int(entry)], times[int(entry)] = int(fields[1]), sum(int(value) for value in fields[11:15])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+    children = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += times.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total / ticks
+
+
+def disk_usage(folder: Path) -> tuple:
+    """(bytes of disk the files under `folder` take, number of files and folders): allocated blocks,
+    so a sparse file counts what it uses; links are counted, not followed; files that vanish while
+    counting are skipped."""
+    total, count, stack = 0, 0, [str(folder)]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
@@ -473,9 +507,10 @@ def disk_usage(folder: Path) -> int:
             except OSError:
                 continue
             total += info.st_blocks * 512
+            count += 1
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
-    return total
+    return total, count
 
 
 def _size(number: int) -> str:
@@ -552,7 +587,7 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                 pass
 
     started = time.perf_counter()
-    timed_out = over_disk = False
+    timed_out = over_disk = over_cpu = False
     try:
         with open(log, "wb") as output, _etc_data() as (fds, command_fds):
             if available:
@@ -575,8 +610,13 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                         if time.perf_counter() >= deadline:
                             timed_out = True
                             break
-                        if limits.work_bytes is not None and disk_usage(work) > limits.work_bytes:
-                            over_disk = True
+                        if limits.work_bytes is not None:
+                            used, files = disk_usage(work)
+                            if used > limits.work_bytes or files > limits.work_files:
+                                over_disk = True
+                                break
+                        if limits.cpu_seconds is not None and tree_cpu_seconds(process.pid) > limits.cpu_seconds:
+                            over_cpu = True
                             break
             finally:  # the whole group, even after a normal end: stray children
                 try:
@@ -596,8 +636,11 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
     if timed_out:
         return PhaseResult(False, f"timed out after {limits.seconds:g} s (killed)", seconds, available)
     if over_disk:
-        return PhaseResult(False, f"its files in the work folder took more than {_size(limits.work_bytes)} of disk "
-                                  f"(killed)", seconds, available)
+        return PhaseResult(False, f"its files in the work folder took more than {_size(limits.work_bytes)} of disk, "
+                                  f"or were more than {limits.work_files:,} (killed)", seconds, available)
+    if over_cpu:
+        return PhaseResult(False, f"its processes together used more CPU time than the limit, "
+                                  f"{limits.cpu_seconds:g} s (killed)", seconds, available)
     if code == 0:
         return PhaseResult(True, "", seconds, available)
     # bwrap's init reports a child killed by signal N as exit code 128 + N
