@@ -46,19 +46,20 @@ def test_codes_are_moved_by_a_share_of_their_spread_and_the_drop_is_judged_by_ha
 def test_the_decode_phases_rows_are_shuffled_and_put_back():
     codes = np.arange(12, dtype=np.float32).reshape(4, 3)
     labels = np.array([3, 1, 4, 1])
-    rows, row_labels, layout = phases.decode_rows("Genwithlabel", codes, labels, seed=7)
-    assert rows.shape == (4 + 4 + 1000, 3) and row_labels.dtype == np.int64
-    assert not np.array_equal(rows[:4], codes)  # shuffled: the phase cannot tell which row is which
+    inputs = phases.decode_rows("Genwithlabel", codes, labels, seed=7)
+    assert np.array_equal(inputs["verified"][0], codes) and inputs["verified"][1].tolist() == [3, 1, 4, 1]
+    rows, row_labels = inputs["moved"]
+    assert rows.shape == (4 + 1000, 3) and row_labels.dtype == np.int64
+    assert not any(np.array_equal(row, code) for row in rows for code in codes)  # no original among them
     # a "decoder" that writes each row's label into its pixels shows where every row went
     decoded = np.broadcast_to(row_labels[:, None, None], (len(rows), 28, 28)).astype(np.uint8)
-    back = phases.split_decoded(decoded, layout)
-    assert back["verified"][:, 0, 0].tolist() == back["perturbed"][:, 0, 0].tolist() == [3, 1, 4, 1]
+    back = phases.split_decoded(decoded, inputs["layout"])
+    assert back["perturbed"][:, 0, 0].tolist() == [3, 1, 4, 1]
     assert back["samples"].shape == (10, 100, 28, 28)
     assert all((back["samples"][c] == c).all() for c in range(10))
-    again, _, _ = phases.decode_rows("Genwithlabel", codes, labels, seed=7)
-    assert np.array_equal(again, rows)  # the same draws for every student
-    _, _, layout = phases.decode_rows("VAE0label", codes, labels, seed=7)
-    assert layout["rows"] == 8  # no samples for a task without an FID term
+    again = phases.decode_rows("Genwithlabel", codes, labels, seed=7)
+    assert np.array_equal(again["moved"][0], rows)  # the same draws for every student
+    assert phases.decode_rows("VAE0label", codes, labels, seed=7)["layout"]["rows"] == 4  # no samples there
 
 
 def test_legibility_reads_digits_as_their_label_and_noise_as_nothing():

@@ -343,6 +343,17 @@ def test_the_work_folder_limit_stops_a_phase_that_fills_the_disk(dirs, mode):
     started = time.perf_counter()
     result, _ = phase(py(fill), dirs, isolate=mode, file_bytes=2 * MiB, work_bytes=8 * MiB)
     assert not result.ok and "its files in the work folder took more than 8 MiB of disk" in result.error, result
+    # a chain of 1,100 folders (paths past 4,096 characters) hides nothing, and is removed whole
+    deep = (f"import os\nos.chdir(r'{work}')\nfor i in range(1100):\n    os.mkdir('d'); os.chdir('d')\n"
+            f"open('bottom', 'wb').write(b'x' * (20 << 20))\nimport time; time.sleep(30)")
+    result, _ = phase(py(deep), dirs, isolate=mode, file_bytes=32 * MiB, work_bytes=8 * MiB)
+    assert not result.ok and "its files in the work folder took more than 8 MiB of disk" in result.error, result
+    sandbox.remove_tree(work / "d")
+    assert not (work / "d").exists()
+    # what the phase prints counts too: its log lies outside the work folder, but it is the phase's writing
+    result, _ = phase(py("import sys, time\nfor _ in range(20): sys.stdout.write('x' * (1 << 20)); sys.stdout.flush()\n"
+                         "time.sleep(30)"), dirs, isolate=mode, file_bytes=64 * MiB, work_bytes=8 * MiB)
+    assert not result.ok and "took more than 8 MiB" in result.error, result
     # many empty files take no disk, but they take the disk's inodes
     result, _ = phase(py(f"for i in range(5000): open(r'{work}/e%d' % i, 'w').close()\nimport time; time.sleep(30)"),
                       dirs, isolate=mode, work_bytes=8 * MiB, work_files=1000)
@@ -360,4 +371,4 @@ def test_disk_usage_counts_allocated_blocks_without_following_links(tmp_path):
         handle.truncate(1 << 30)
     (tmp_path / "link").symlink_to("/usr")
     used, files = disk_usage(tmp_path)
-    assert (1 << 20) <= used < (1 << 20) + 64 * 1024 and files == 4  # a, a/data, sparse, link
+    assert (1 << 20) <= used < (1 << 20) + 64 * 1024 and files == 5  # the folder, a, a/data, sparse, link

@@ -15,8 +15,8 @@ import numpy as np
 
 from data_utils import NUM_CLASSES, load_split
 
-# The reconstructions are graded from forward while forward's score is within BYPASS_TOLERANCE
-# (relative) plus MARGIN_POINTS of the score of decode(mu); beyond it, from decode(mu):
+# The reconstructions are graded from the lower of forward's and decode(mu)'s scores; forward's
+# score more than BYPASS_TOLERANCE (relative) plus MARGIN_POINTS above decode's is flagged
 # recon-bypasses-code. (The margin keeps grades near 0, as after a tiny budget, from flagging on noise.)
 BYPASS_TOLERANCE = 0.02
 MARGIN_POINTS = 0.1
@@ -37,6 +37,10 @@ COPY_PERCENTILE = 1
 COPY_HELD_OUT_PER_LABEL = 300
 COPY_SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 COPY_FRACTION = 0.05
+# decode-returns-real-images: when the codes were caught carrying more than latent_dim numbers, the
+# decode of the moved codes is checked too (REAL_IMAGE_CHECKED of them): more than COPY_FRACTION
+# near-copies of real images means decode looks images up; then nothing of the reconstruction counts.
+REAL_IMAGE_CHECKED = 500
 # illegible-samples: the project's classifier reads fewer than LEGIBILITY_FLOOR of the samples as their
 # label (honest trained models: 97 to 99%; chance: 10%) while the FID term pays: FID term zeroed.
 LEGIBILITY_FLOOR = 0.5
@@ -150,6 +154,13 @@ def copy_thresholds(held_out: np.ndarray, labels: np.ndarray, train_bank: ImageB
         if len(distance):
             thresholds[label] = COPY_RELATIVE * np.percentile(distance, COPY_PERCENTILE)
     return thresholds
+
+
+def real_image_share(images: np.ndarray, labels: np.ndarray, banks: list, thresholds: np.ndarray) -> float:
+    """The share of images (uint8 [N,28,28], of labels [N]) that are near-copies of a real image, by the
+    copy check's thresholds of their labels: what a decoder that looks real images up returns."""
+    distance, _ = nearest_real(images, banks)
+    return float(np.mean(distance < np.asarray(thresholds, dtype=np.float64)[labels]))
 
 
 def copy_check(samples: np.ndarray, banks: list, thresholds: np.ndarray, examples: int = 5) -> dict:

@@ -4,7 +4,6 @@ import argparse
 import ast
 import json
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -20,10 +19,12 @@ from data_utils import LabError, load_split, resolve_split
 from hardware import PRECISIONS
 from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
-from tools.autograde.integrity import (BYPASS_TOLERANCE, LEGIBILITY_FLOOR, PERTURBATION, ImageBank, bound_by_decode,
-                                      calibrate, copy_check, copy_thresholds, legibility, perturbation_check)
+from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION,
+                                      REAL_IMAGE_CHECKED, ImageBank, bound_by_decode, calibrate, copy_check,
+                                      copy_thresholds, legibility, perturbation_check, real_image_share)
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, PHASE_SCRIPT, Phases, Student,
-                                   _load_array, build_lab, copy_untrusted, phase_json, read_untrusted, untrusted_file)
+                                   _load_array, build_lab, clean_text, copy_untrusted, phase_json, read_untrusted,
+                                   untrusted_file)
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import similarity_report
 from tools.kit import ROOT, SOLUTION_FILE, kit_manifest
@@ -182,15 +183,17 @@ def grade_student(batch: Batch, student: Student) -> dict:
     except (SyntaxError, ValueError) as error:
         fail(f"import: {one_line(error)}")
         return record
-    shutil.rmtree(base, ignore_errors=True)
+    sandbox.remove_tree(base)
     build_lab(lab, source, batch.lab_paths)
     inputs.mkdir(parents=True)
     given = {}
     for task in handed_in:
         try:
-            if copy_untrusted(folder / "checkpoints" / f"{task}.pth", hand_ins, inputs / f"{task}.pth",
-                              MAX_CHECKPOINT_BYTES):
+            digest = copy_untrusted(folder / "checkpoints" / f"{task}.pth", hand_ins, inputs / f"{task}.pth",
+                                    MAX_CHECKPOINT_BYTES)
+            if digest is not None:
                 given[task] = inputs / f"{task}.pth"
+                student.checkpoint_sha256[task] = digest
         except LabError as error:
             fail(f"{task} checkpoint: {error}")
             return record
@@ -253,7 +256,7 @@ def grade_student(batch: Batch, student: Student) -> dict:
         record["tasks"][task] = {"latent_dim": latent_dims[task], "source": "handed in" if task in given else "trained here"}
         running[task] = given.get(task)
         if outcome.get("decode_warning"):  # graded all the same: the TA decides what it is worth
-            record["notes"].append(f"{task}: {str(outcome['decode_warning'])[:300]}")
+            record["notes"].append(f"{task}: {clean_text(outcome['decode_warning'])}")
 
     # 2.-4. one process per phase, doing its work for every task still running; then the grades
     phases = Phases(batch, student)
@@ -293,10 +296,27 @@ def grade_task(task, entry, recon, decoded, batch, flags):
                                   f"{100 * code['relative_drop']:.0f}% (from {verified['score_uncapped']:.2f} to "
                                   f"{perturbed['score_uncapped']:.2f}; an honest decoder barely changes): the codes "
                                   f"carry more than {latent_dim} numbers' worth; graded from the perturbed decode"})
+        # A code that is an index decodes, once moved, to other real images: looked up, not decoded.
+        checked = slice(0, REAL_IMAGE_CHECKED)
+        share = real_image_share(decoded["perturbed"][checked], batch.labels[checked], batch.banks,
+                                 batch.copy_thresholds)
+        code["real_image_share"] = share
+        if share > COPY_FRACTION:
+            supported = dict(perturbed, ssim=0.0, mse=max(perturbed["mse"], 0.1))
+            supported["score"] = grade(task, 0.0, supported["mse"], latent_dim, perturbed.get("fid"))
+            supported["score_uncapped"] = grade(task, 0.0, supported["mse"], latent_dim, perturbed.get("fid"),
+                                                capped=False)
+            supported_name = "perturbed decode, whose images are real ones looked up: no reconstruction term"
+            flags.append({"flag": "decode-returns-real-images", "task": task,
+                          "evidence": f"{100 * share:.0f}% of the decode of the moved codes are near-copies of real "
+                                      f"images (first {REAL_IMAGE_CHECKED} checked): decode looks images up; the "
+                                      f"reconstruction terms (SSIM, MSE) count 0"})
     bypass = bound_by_decode(forward, supported, recon, decoded["verified"])
     entry["bypass_check"] = bypass
+    # The lower of the two counts, always: a forward a little better than its decode, within the flag's
+    # tolerance, earns nothing by it either. (Honest models: the same arrays; sampling in eval: forward lower.)
     graded, entry["graded_from"] = forward, "forward"
-    if bypass["flagged"] or code["flagged"]:
+    if code["flagged"] or supported["score_uncapped"] < forward["score_uncapped"]:
         graded, entry["graded_from"] = supported, supported_name
     if bypass["flagged"]:
         flags.append({"flag": "recon-bypasses-code", "task": task,
@@ -401,6 +421,7 @@ def autograde(args) -> list:
         slots[folder] = slot
     records = [None] * len(folders)
     weights = {}  # (student, task) -> the handed-in weights as one vector, and their shapes
+    digests = {}  # (student, task) -> the handed-in checkpoint's sha256, which the grader computed itself
     lock = threading.Lock()
     started = time.perf_counter()
 
@@ -411,7 +432,7 @@ def autograde(args) -> list:
             _print(f"{prefix}: {message}")
         student_started = time.perf_counter()
         logs, base = logs_root / slots[folder], work_root / slots[folder]
-        shutil.rmtree(logs, ignore_errors=True)
+        sandbox.remove_tree(logs)
         logs.mkdir(parents=True)
         student = Student(folder, base, logs, say)
         try:
@@ -426,11 +447,15 @@ def autograde(args) -> list:
         say(f"done in {record['seconds']:.1f} s: {grades}"
             + (f"; flags: {', '.join(f['flag'] for f in record['flags'])}" if record.get("flags") else ""))
         if not args.work_dir:
-            shutil.rmtree(base, ignore_errors=True)
+            sandbox.remove_tree(base)
         with lock:
             records[number] = record
             weights.update({(folder.name, task): vector for task, vector in student.weights.items()})
-            write_tables([r for r in records if r is not None], out, report)  # an interrupted batch keeps rows
+            digests.update({(folder.name, task): digest for task, digest in student.checkpoint_sha256.items()})
+            try:  # an interrupted batch keeps the rows written so far
+                write_tables([r for r in records if r is not None], out, report)
+            except Exception as error:  # the final write, after every student, says what it is
+                _print(f"warning: the tables could not be updated after {folder.name}: {one_line(error)}")
 
     try:
         if args.jobs > 1:
@@ -442,11 +467,11 @@ def autograde(args) -> list:
                 one(i, folder)
     finally:
         if not args.work_dir:
-            shutil.rmtree(work_root, ignore_errors=True)
+            sandbox.remove_tree(work_root)
     records = [r for r in records if r is not None]
     try:
         report["similarity"], report["similarity_notes"] = similarity_report(records, {f.name: f for f in folders},
-                                                                               weights)
+                                                                               weights, digests)
     except Exception as error:  # a bug in the comparison must not lose the batch's tables
         report["similarity"], report["similarity_notes"] = [], [f"similarity not computed: {one_line(error)}"]
     for pair in report["similarity"]:

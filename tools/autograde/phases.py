@@ -2,12 +2,14 @@
 (tools/autograde_phases.py inside it), and the reading of what a phase wrote, which the grader
 trusts only after checking it (plain files, exact dtypes and shapes, finite values)."""
 import errno
+import hashlib
 import io
 import json
 import os
 import shutil
 import stat
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +26,16 @@ from tools.kit import SOLUTION_FILE
 PHASE_SCRIPT = "autograde_phases.py"
 MAX_CHECKPOINT_BYTES = 1 << 30  # a checkpoint handed in or exported by the train phase, as a file
 MAX_SUBMISSION_BYTES = 1 << 20  # submission.py: source code is expected
+
+
+def clean_text(text, limit: int = 300) -> str:
+    """Text that came out of a student's process (an error message, a warning, a field of a JSON it
+    wrote), fit for the table: every character encodable (a lone surrogate would stop the batch when
+    the tables are written), control and formatting characters (line breaks, carriage returns,
+    direction marks) as spaces, at most `limit` characters."""
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(" " if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") else char for char in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def untrusted_file(path: Path, root: Path):
@@ -76,17 +88,21 @@ def read_untrusted(path: Path, root: Path, limit: int, what: str = None):
         return handle.read(limit + 1)[:limit]
 
 
-def copy_untrusted(path: Path, root: Path, target: Path, limit: int) -> bool:
-    """Copy untrusted_file(path, root) to `target` (at most `limit` bytes); False when there is none."""
+def copy_untrusted(path: Path, root: Path, target: Path, limit: int):
+    """Copy untrusted_file(path, root) to `target` (at most `limit` bytes); return the sha256 of what was
+    copied, or None when there is none."""
     handle = untrusted_file(path, root)
     if handle is None:
-        return False
+        return None
+    digest = hashlib.sha256()
     with handle, open(target, "wb") as out:
         size = os.fstat(handle.fileno()).st_size
         if size > limit:
             raise LabError(f"{Path(path).name} is {size:,} bytes, expected at most {limit:,}")
-        shutil.copyfileobj(handle, out)
-    return True
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+            out.write(block)
+    return digest.hexdigest()
 
 
 def _load_array(path: Path, root: Path, dtype, shape: tuple, what: str) -> np.ndarray:
@@ -149,6 +165,7 @@ class Student:
     record: dict = field(default_factory=dict)
     running: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # task -> (handed-in weights as one vector, their shapes)
+    checkpoint_sha256: dict = field(default_factory=dict)  # task -> the handed-in file's sha256, as the grader read it
 
     def __post_init__(self):
         # notes: what the TA should know that is neither an error nor a flag (no grade depends on them)
@@ -163,6 +180,7 @@ class Student:
         return self.base / "inputs"
 
     def fail(self, message: str) -> None:
+        message = clean_text(message, 600)  # it may quote what the student's process wrote
         self.record["errors"].append(message)
         self.say(message)
 
@@ -175,7 +193,7 @@ class Student:
                   cpu_seconds=None):
         """One phase: `python command...` in the sandbox, in a fresh work folder base/<name>."""
         work = self.base / name
-        shutil.rmtree(work, ignore_errors=True)
+        sandbox.remove_tree(work)
         work.mkdir(parents=True)
         devices = sorted(str(p) for p in Path("/dev").glob("nvidia*")) \
             if use_devices and batch.args.device.startswith("cuda") else ()
@@ -279,7 +297,7 @@ class Phases:
             if self.record["tasks"][task]["source"] == "trained here":  # the arithmetic train.py recorded
                 try:
                     facts = phase_json(folder / "checkpoint.json", self.work, folder / "error.txt")
-                    self.record["tasks"][task]["precision"] = str(facts.get("precision", "?"))[:24]
+                    self.record["tasks"][task]["precision"] = clean_text(facts.get("precision", "?"), 24)
                 except LabError:
                     pass
         arrays = self._arrays(finished, "reconstruct", {
@@ -289,45 +307,59 @@ class Phases:
                 {task: a["codes.npy"] for task, a in arrays.items()})
 
     def decode(self, codes):
-        """decode(z, label), in a process that sees no image, of three kinds of codes shuffled together so
-        that the student's code cannot tell them apart: the grader's copy of each grading image's code
-        (the verified reconstruction), the same codes moved by integrity.PERTURBATION x their spread,
-        and, for the conditional tasks, z ~ N(0, I) for every label (the samples). Returns
-        {task: {"verified": uint8 [N,28,28], "perturbed": uint8 [N,28,28], "samples": uint8 [10,K,28,28]}}."""
+        """decode(z, label) in two processes that see no image: one decodes the grader's copy of each
+        grading image's code (the verified reconstruction); the other, which never sees those codes,
+        decodes the same codes moved by integrity.PERTURBATION x their spread and, for the
+        conditional tasks, z ~ N(0, I) for every label (the samples), shuffled together. So a decoder
+        cannot match a moved code to its original, nor build samples from the grading images the
+        codes describe. Returns {task: {"verified": uint8 [N,28,28], "perturbed": uint8 [N,28,28],
+        "samples": uint8 [10,K,28,28] or None}}."""
         tasks = [task for task in self.running if task in codes]
         if not tasks:
             return {}
-        feed, layouts = self.inputs / "decode", {}
-        for task in tasks:
-            rows, labels, layouts[task] = decode_rows(task, codes[task], self.batch.labels, self.args.seed)
+        inputs = {task: decode_rows(task, codes[task], self.batch.labels, self.args.seed) for task in tasks}
+        verified = self._decode("decode", {task: rows["verified"] for task, rows in inputs.items()})
+        moved = self._decode("decode_moved", {task: rows["moved"] for task, rows in inputs.items() if task in verified})
+        return {task: dict(verified=verified[task], **split_decoded(moved[task], inputs[task]["layout"]))
+                for task in moved}
+
+    def _decode(self, name, rows):
+        """One decode phase `name` over {task: (codes [M, D], labels [M])}: {task: uint8 [M, 28, 28]}."""
+        if not rows:
+            return {}
+        feed = self.inputs / name
+        for task, (task_codes, labels) in rows.items():
             (feed / task).mkdir(parents=True)
-            np.save(feed / task / "codes.npy", rows, allow_pickle=False)
+            np.save(feed / task / "codes.npy", task_codes, allow_pickle=False)
             np.save(feed / task / "labels.npy", labels, allow_pickle=False)
+        tasks = list(rows)
         command = [PHASE_SCRIPT, "decode", *self._checkpoints(tasks),
-                   "--inputs", feed, "--out", self.base / "decode", "--seed", self.args.seed]
-        finished = self._run("decode", "decode", tasks, command, [self.running[t] for t in tasks] + [feed])
+                   "--inputs", feed, "--out", self.base / name, "--seed", self.args.seed]
+        finished = self._run(name, "decode", tasks, command, [self.running[t] for t in tasks] + [feed])
         arrays = self._arrays(finished, "decode", {"decoded.npy": (np.uint8, lambda task: (
-            layouts[task]["rows"], *IMAGE_SHAPE))})
-        return {task: split_decoded(a["decoded.npy"], layouts[task]) for task, a in arrays.items()}
+            len(rows[task][0]), *IMAGE_SHAPE))})
+        return {task: a["decoded.npy"] for task, a in arrays.items()}
 
 
-def decode_rows(task: str, codes: np.ndarray, labels: np.ndarray, seed: int):
-    """The decode phase's input for one task: (codes float32 [M, D], labels int64 [M], layout), the rows
-    shuffled by a permutation only the grader knows (layout, for split_decoded)."""
+def decode_rows(task: str, codes: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """The decode phases' inputs for one task: "verified": (the codes, their labels); "moved": (the codes
+    moved a little and, for a conditional task, z ~ N(0, I) per label, shuffled by a permutation only
+    the grader knows, and their labels); "layout", for split_decoded."""
     n, latent_dim = codes.shape
     per_label = TASK_RECORDS[task].samples_per_label if TASK_RECORDS[task].conditional else 0
     draws = np.random.default_rng([seed, 0]).standard_normal((NUM_CLASSES * per_label, latent_dim)).astype(np.float32)
-    rows = np.concatenate([codes, perturbed_codes(codes, np.random.default_rng([seed, 1])), draws])
-    row_labels = np.concatenate([labels, labels, np.repeat(np.arange(NUM_CLASSES), per_label)]).astype(np.int64)
+    rows = np.concatenate([perturbed_codes(codes, np.random.default_rng([seed, 1])), draws])
+    row_labels = np.concatenate([labels, np.repeat(np.arange(NUM_CLASSES), per_label)]).astype(np.int64)
     order = np.random.default_rng([seed, 2]).permutation(len(rows))
-    return rows[order], row_labels[order], {"order": order, "n": n, "per_label": per_label, "rows": len(rows)}
+    return {"verified": (codes, labels.astype(np.int64)), "moved": (rows[order], row_labels[order]),
+            "layout": {"order": order, "n": n, "per_label": per_label, "rows": len(rows)}}
 
 
 def split_decoded(decoded: np.ndarray, layout: dict) -> dict:
-    """The decode phase's output, unshuffled into the verified reconstructions, their perturbed
-    counterparts and the samples (None for a task without them)."""
+    """The moved-codes phase's output, unshuffled into the perturbed reconstructions and the samples
+    (None for a task without them)."""
     unshuffled = np.empty_like(decoded)
     unshuffled[layout["order"]] = decoded
     n, per_label = layout["n"], layout["per_label"]
-    samples = unshuffled[2 * n:].reshape(NUM_CLASSES, per_label, *IMAGE_SHAPE) if per_label else None
-    return {"verified": unshuffled[:n], "perturbed": unshuffled[n:2 * n], "samples": samples}
+    samples = unshuffled[n:].reshape(NUM_CLASSES, per_label, *IMAGE_SHAPE) if per_label else None
+    return {"perturbed": unshuffled[:n], "samples": samples}

@@ -1,11 +1,13 @@
 """The autograder's outputs: OUT.csv (one row per student), OUT.md (the same, rounded, with the flags
 and the similarity section) and OUT.json (everything, per student)."""
 import csv
+import html
 import io
 import json
 from pathlib import Path
 
 from data_utils import atomic_write_bytes
+from tools.autograde.phases import clean_text
 
 TABLE_COLUMNS = ["student",
                  "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source", "VAE0label_precision",
@@ -17,8 +19,8 @@ METRICS = {"VAE0label": ("ssim", "mse"), "Genwithlabel": ("ssim", "mse", "fid")}
 def table_rows(records: list) -> list:
     rows = []
     for record in records:
-        row = {"student": record["student"], "errors": "; ".join(record["errors"]),
-               "notes": "; ".join(record.get("notes", []))}
+        row = {"student": clean_text(record["student"], 200), "errors": clean_text("; ".join(record["errors"]), 5000),
+               "notes": clean_text("; ".join(record.get("notes", [])), 5000)}
         total = 0.0
         for task, metrics in METRICS.items():
             entry = record["tasks"].get(task, {})
@@ -33,6 +35,13 @@ def table_rows(records: list) -> list:
                                     for f in record.get("flags", []))
         rows.append(row)
     return rows
+
+
+def text(value) -> str:
+    """Text for the Markdown report that Markdown and HTML read as nothing but text: what a student's
+    process wrote (quoted in an error, a note, a name) cannot end a row, open a comment or hide a
+    section."""
+    return html.escape(clean_text(value, 10_000), quote=False).replace("|", "\\|").replace("`", "\\`")
 
 
 def write_tables(records: list, out: Path, report: dict) -> list:
@@ -51,7 +60,7 @@ def write_tables(records: list, out: Path, report: dict) -> list:
             return ""
         if isinstance(value, float):
             return f"{value:.2f}" if column.endswith("_grade") or column == "total" else f"{value:.4f}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        return text(value)
     lines = [f"Isolation: {report['isolation']}", ""]
     if not report["isolated"]:
         lines += ["**WARNING: isolation was not enforced**: student code ran with the grader's rights "
@@ -60,18 +69,19 @@ def write_tables(records: list, out: Path, report: dict) -> list:
     lines += ["| " + " | ".join(cell(c, row[c]) for c in TABLE_COLUMNS) + " |" for row in rows]
     lines += ["", "## Integrity flags", ""]
     flagged = [(r["student"], f) for r in records for f in r.get("flags", [])]
-    lines += [f"- **{name}** {f.get('task', '')} `{f['flag']}`: {f['evidence']}" for name, f in flagged] or ["none"]
+    lines += [f"- **{text(name)}** {f.get('task', '')} `{f['flag']}`: {text(f['evidence'])}"
+              for name, f in flagged] or ["none"]
     lines += ["", "## What the codes carry", "",
               "Each task's grade from decode of its codes, and from decode of the codes moved by a small share of "
               "their spread: an honest decoder barely changes; a code that hides more than its numbers does not "
               "survive the move (`code-beyond-latent-dim`).", ""]
-    lines += [f"- {r['student']} {task}: {e['perturbation_check']['verified_score']:.2f} -> "
+    lines += [f"- {text(r['student'])} {task}: {e['perturbation_check']['verified_score']:.2f} -> "
               f"{e['perturbation_check']['perturbed_score']:.2f} ({-100 * e['perturbation_check']['relative_drop']:+.1f}%)"
               for r in records for task, e in r.get("tasks", {}).items() if "perturbation_check" in e] or ["none graded"]
     lines += ["", "## Similarity between students", ""]
-    lines += [f"- {' and '.join(p['students'])}: `{p['kind']}`" + (f" ({p['task']})" if p.get("task") else "")
+    lines += [f"- {text(' and '.join(p['students']))}: `{p['kind']}`" + (f" ({p['task']})" if p.get("task") else "")
               + f" {p['value']:.3f}" for p in report.get("similarity", [])] or ["none above the thresholds"]
-    lines += [f"- note: {note}" for note in report.get("similarity_notes", [])]
+    lines += [f"- note: {text(note)}" for note in report.get("similarity_notes", [])]
     atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(json_path, (json.dumps(dict(report, students=records), indent=2) + "\n").encode())
     return [csv_path, md_path, json_path]

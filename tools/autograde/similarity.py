@@ -181,10 +181,13 @@ def read_source(path: Path) -> str:
     return raw.decode(encoding)
 
 
-def similarity_report(records: list, folders: dict, weights: dict = None, *, template: str = None) -> tuple:
+def similarity_report(records: list, folders: dict, weights: dict = None, digests: dict = None, *,
+                      template: str = None) -> tuple:
     """([{kind, students, value}] for every pair at or above its threshold, [notes]). `weights`:
     {(student, task): (handed-in weights as one vector, their shapes)}, as the contract phase read them
-    out of the checkpoints (the grader never loads one). `template` is the starter submission.py
+    out of the checkpoints (the grader never loads one); since that process runs the student's code,
+    `digests` {(student, task): sha256 of the handed-in file, computed by the grader} catches identical
+    files whatever that process wrote. `template` is the starter submission.py
     (default: the lab's, stripped). A student whose source cannot be read or fingerprinted, or is too
     short to judge, is left out of the source comparison with a note."""
     notes, prints, weights = [], {}, dict(weights or {})
@@ -229,4 +232,11 @@ def similarity_report(records: list, folders: dict, weights: dict = None, *, tem
             cosine = float(va @ vb / norm) if norm else 0.0
             if cosine >= WEIGHT_SIMILARITY:
                 pairs.append({"kind": "similar-weights", "task": task, "students": [a, b], "value": cosine})
+    by_digest = {}
+    for (name, task), digest in sorted((digests or {}).items()):
+        by_digest.setdefault((task, digest), []).append(name)
+    for (task, _), names in sorted(by_digest.items()):
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                pairs.append({"kind": "same-checkpoint", "task": task, "students": [a, b], "value": 1.0})
     return pairs, notes
