@@ -688,3 +688,21 @@ def test_what_a_phase_wrote_is_read_without_links_blocking_files_or_unbounded_si
     with pytest.raises(LabError, match="big.txt is 5,000 bytes, expected at most 1,000"):
         phases.read_untrusted(work / "Genwithlabel" / "big.txt", work, 1000)
     assert phases.read_untrusted(work / "Genwithlabel" / "absent.txt", work, 1000) is None
+
+
+def test_text_a_students_process_wrote_cannot_break_the_tables(tmp_path):
+    """A lone surrogate once stopped the batch when the tables were written; a carriage return and an unclosed
+    HTML comment hid every other row of the Markdown report."""
+    assert phases.clean_text("a\rb\nc\u200ed\udc80") == "a b c d\\udc80"
+    assert phases.clean_text("x" * 400).endswith("...") and len(phases.clean_text("x" * 400)) == 300
+    hostile = "ok\r\n## Integrity flags\n\nnone\n<!-- | \udc80"
+    records = [{"student": "mallory", "tasks": {}, "errors": [hostile], "flags": [], "notes": [hostile]},
+               {"student": "alice", "tasks": {}, "errors": [], "flags": [], "notes": []}]
+    paths = reports.write_tables(records, tmp_path / "grades.csv", {"isolation": "test", "isolated": True})
+    markdown = paths[1].read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| mallory") or line.startswith("| alice")]
+    assert len(rows) == 2 and "<!--" not in markdown and "&lt;!--" in rows[0]
+    # the injected heading stays inside its cell: one line begins with it, the report's own
+    assert [line for line in markdown.splitlines() if line.startswith("## Integrity flags")] == ["## Integrity flags"]
+    with open(paths[0], newline="") as handle:
+        assert [row["student"] for row in csv.DictReader(handle)] == ["mallory", "alice"]

@@ -335,6 +335,18 @@ def test_the_cpu_time_of_child_processes_counts_toward_the_phase(dirs, mode):
     assert result.ok, result
 
 
+@pytest.mark.skipif(sandbox._CpuCgroup.create() is None, reason=f"CPU counted {sandbox.cpu_limit()}")
+def test_children_nobody_waits_for_count_too(dirs, mode):
+    """A parent that ignores SIGCHLD has its children reaped by the kernel, whose CPU then counts toward no
+    process left in the tree: the phase's cgroup counts it all the same."""
+    spread = ("import os, signal, time\nsignal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+              "for _ in range(4):\n    if os.fork() == 0:\n"
+              "        end = time.process_time() + 1.2\n        while time.process_time() < end: pass\n"
+              "        os._exit(0)\n    time.sleep(1.5)\nprint('spread 4.8 s')")
+    result, _ = phase(py(spread), dirs, isolate=mode, cpu_seconds=2)
+    assert not result.ok and result.error == "its processes together used more CPU time than the limit, 2 s (killed)"
+
+
 def test_the_work_folder_limit_stops_a_phase_that_fills_the_disk(dirs, mode):
     """Many files, each under the file size limit, together over the work folder's limit: killed, and
     the disk is not filled (each file is stopped at the file size limit)."""

@@ -43,9 +43,10 @@ Limits, with or without bubblewrap (set by setrlimit in the child before exec, i
                 over (a burst between two checks can overshoot by what the disk writes in half a
                 second, each file still under file_bytes)
   cpu_seconds   CPU time of the whole phase: RLIMIT_CPU per process (all its threads together;
-                SIGXCPU, then SIGKILL CPU_GRACE_SECONDS later), and, twice a second, the sum over
-                every process of the phase's session, those already ended and waited for included,
-                so that work spread over child processes counts too
+                SIGXCPU, then SIGKILL CPU_GRACE_SECONDS later), and, twice a second, the CPU of
+                every task that was ever in the phase, counted by a cpuacct cgroup (v1) or cpu.stat
+                (v2) made for it where one can be made, else by summing the process tree (which
+                misses children that ended with no one waiting for them: cpu_limit() says which)
   tmp_bytes     size of the private /tmp and /dev/shm tmpfs (bubblewrap only)
   RLIMIT_CORE is 0. Without bubblewrap, nothing hides or protects the file system or network:
   isolation() says why, and the caller should warn or refuse (--require_isolation).
@@ -153,8 +154,9 @@ def isolation():
 
 
 # ====================================================================== the pids cgroup
-def _cgroup_parents():
-    """Folders of this process's own pids cgroup (v1 pids hierarchy, then v2) where a child may be made."""
+def _cgroup_parents(controller: str = "pids"):
+    """Folders of this process's own cgroup of `controller` (its v1 hierarchy, then v2) where a child
+    may be made."""
     try:
         own = Path("/proc/self/cgroup").read_text().splitlines()
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -165,7 +167,7 @@ def _cgroup_parents():
         number, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if number == "0" and controllers == "":
             paths["v2"] = path
-        elif "pids" in controllers.split(","):
+        elif controller in controllers.split(","):
             paths["v1"] = path
     parents = []
     for line in mounts:
@@ -174,7 +176,7 @@ def _cgroup_parents():
         if len(fields) < 5 or len(tail) < 3:
             continue
         root, mountpoint, fstype, options = fields[3], fields[4], tail[0], tail[2].split(",")
-        kind = "v1" if fstype == "cgroup" and "pids" in options else "v2" if fstype == "cgroup2" else None
+        kind = "v1" if fstype == "cgroup" and controller in options else "v2" if fstype == "cgroup2" else None
         path = paths.get(kind) if kind else None
         if path is None:
             continue
@@ -182,7 +184,7 @@ def _cgroup_parents():
             continue
         relative = path[len(root):] if root != "/" else path
         folder = Path(mountpoint, relative.lstrip("/"))
-        if kind == "v2":
+        if kind == "v2" and controller == "pids":  # v2 counts every cgroup's CPU (cpu.stat) without delegation
             try:
                 if "pids" not in (folder / "cgroup.subtree_control").read_text().split():
                     continue
@@ -259,6 +261,47 @@ class _PidsCgroup:
                 if time.monotonic() >= deadline:
                     return
                 time.sleep(0.02)
+
+
+class _CpuCgroup(_PidsCgroup):
+    """A cgroup made for one phase that counts the CPU time of every task that was ever in it, those
+    that ended and were reaped by no one (a parent that ignores SIGCHLD) included: cgroup v1's
+    cpuacct.usage, or v2's cpu.stat."""
+
+    @classmethod
+    def create(cls):
+        for parent in _cgroup_parents("cpuacct"):
+            folder = parent / f"vae-sandbox-cpu-{os.getpid()}-{uuid.uuid4().hex[:10]}"
+            try:
+                folder.mkdir()
+            except OSError:
+                continue
+            group = cls(folder)
+            if group.seconds() is not None:
+                return group
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        return None
+
+    def seconds(self):
+        try:
+            if (self.folder / "cpuacct.usage").exists():
+                return int((self.folder / "cpuacct.usage").read_text()) / 1e9
+            fields = dict(line.split() for line in (self.folder / "cpu.stat").read_text().splitlines())
+            return int(fields["usage_usec"]) / 1e6
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+def cpu_limit() -> str:
+    """How a phase's CPU time is counted here, in words."""
+    group = _CpuCgroup.create()
+    if group is None:
+        return "by the process tree (no cpuacct cgroup can be made: children nobody waits for are missed)"
+    group.kill_and_remove()
+    return f"by a cpu cgroup (under {group.folder.parent})"
 
 
 def _user_tasks(uid: int) -> int:
@@ -570,6 +613,7 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
     available, _, disable_userns = _probe_bwrap() if isolate else (False, "", False)
     temp_home = None
     group = _PidsCgroup.create(int(limits.processes) + (BWRAP_HELPERS if available else 0))
+    cpu_group = _CpuCgroup.create() if limits.cpu_seconds is not None else None
     nproc = None
     if group is None and resource is not None and os.geteuid() != 0:
         nproc = int(limits.processes) + _user_tasks(os.getuid()) + 4
@@ -584,11 +628,12 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
 
     def preexec():
         _set_limits(limits, nproc)
-        if group is not None:
-            try:
-                group.join()
-            except OSError:
-                pass
+        for joined in (group, cpu_group):
+            if joined is not None:
+                try:
+                    joined.join()
+                except OSError:
+                    pass
 
     started = time.perf_counter()
     timed_out = over_disk = over_cpu = False
@@ -602,6 +647,9 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                                            start_new_session=True, preexec_fn=preexec,
                                            pass_fds=fds if available else ())
             except OSError as error:
+                for made in (group, cpu_group):
+                    if made is not None:
+                        made.kill_and_remove()
                 return PhaseResult(False, f"could not start {argv[0]}: {error.strerror or error}",
                                    time.perf_counter() - started, available)
             deadline = started + limits.seconds
@@ -620,7 +668,9 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                             if used > limits.work_bytes or files > limits.work_files:
                                 over_disk = True
                                 break
-                        if limits.cpu_seconds is not None and tree_cpu_seconds(process.pid) > limits.cpu_seconds:
+                        if limits.cpu_seconds is not None and max(
+                                tree_cpu_seconds(process.pid),
+                                (cpu_group.seconds() or 0) if cpu_group else 0) > limits.cpu_seconds:
                             over_cpu = True
                             break
             finally:  # the whole group, even after a normal end: stray children
@@ -628,8 +678,9 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                     os.killpg(process.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-                if group is not None:
-                    group.kill_and_remove()
+                for made in (group, cpu_group):
+                    if made is not None:
+                        made.kill_and_remove()
                 try:  # killed with its whole group; a process stuck in the kernel must not hang the grader
                     code = process.wait(timeout=30)
                 except subprocess.TimeoutExpired:

@@ -399,6 +399,7 @@ def autograde(args) -> list:
         raise LabError(f"--require_isolation: student code cannot be isolated here: {why}")
     _print(f"isolation: {'bubblewrap' if available else 'NOT ENFORCED'}: {why}")
     _print(f"process limit: {sandbox.process_limit()[1]}")
+    _print(f"CPU time of the train phase counted {sandbox.cpu_limit()}")
     if not available:
         _print("warning: grading WITHOUT isolation: student code runs with the grader's rights "
                "(the report says so)")
