@@ -43,7 +43,7 @@ CHEATS = ["identity_forward", "memorised_samples", "copy_samples", "writes_outsi
           "mantissa_code", "lookup_bank", "grey_corner", "fid_noise", "budget_overrun", "link_swap",
           "fifo_contract", "copied_c", "bomb_checkpoint", "disk_fill"]
 BUDGET = ["--train_limit", 256, "--epochs", 1, "--batch_size", 64, "--inf_num", 200, "--eval_num", 100,
-          "--pred_step", 0, "--import_time_limit", 180, "--time_limit", 300, "--train_cpu_seconds", 8,
+          "--pred_step", 0, "--import_time_limit", 180, "--time_limit", 300, "--train_cpu_seconds", 5,
           "--phase_disk_gb", 0.25]
 MARKER = Path("/tmp/vae_lab_cheat_marker")  # where writes_outside.py writes (CHEAT_MARKER is not passed in)
 ISOLATED, WHY = sandbox.isolation()
@@ -427,8 +427,8 @@ def test_training_past_the_budget_is_stopped_by_the_sandbox(graded):
     row = graded["rows"]["budget_overrun"]
     log = (graded["out"].parent / "grades_logs" / "budget_overrun" / "train.log").read_text()
     assert "budget_overrun: found 256 training images" in log
-    assert ("VAE0label training: killed by SIGXCPU (used more CPU time than the limit, 16 s)" in row["errors"]
-            or "VAE0label training: its processes together used more CPU time than the limit, 16 s" in row["errors"])
+    assert ("VAE0label training: killed by SIGXCPU (used more CPU time than the limit, 10 s)" in row["errors"]
+            or "VAE0label training: its processes together used more CPU time than the limit, 10 s" in row["errors"])
     assert row["VAE0label_grade"] == row["Genwithlabel_grade"] == ""
 
 

@@ -133,6 +133,29 @@ def test_tokens_drop_names_strings_comments_and_docstrings_but_keep_library_name
         "return", name, ".", "sum", "(", name, "=", string, ")", "-", name]  # keywords read as NAME too
 
 
+def test_imported_names_read_as_their_full_paths():
+    """torch.zeros, T.zeros after `import torch as T`, and zeros after `from torch import zeros` are one name;
+    so are nn.Linear, Linear and torch.nn.Linear."""
+    plain = "import torch\nimport torch.nn as nn\nlayer = nn.Linear(2, 3)\nx = torch.zeros(2)\n"
+    aliased = "import torch as T\nfrom torch.nn import Linear\nlayer = Linear(2, 3)\nx = T.zeros(2)\n"
+    body = lambda text: similarity.normalised_tokens(text)[-20:]  # the two statements after the imports
+    assert body(plain) == body(aliased)
+    assert body(plain)[2:9] == ["torch", ".", "nn", ".", "Linear", "(", "2"]
+
+
+def test_a_copy_with_its_imports_renamed_is_found():
+    """The red-team's variant: decode_int.py with `torch as T`, `from torch.nn import ...`, `.view` for
+    `.reshape`: 0.59 before imported names were read as paths, under the flag."""
+    original = (ROOT / "tests" / "submissions" / "decode_int.py").read_text()
+    renamed = (original.replace("import torch.nn as nn", "from torch.nn import Linear, Module")
+               .replace("import torch\n", "import torch as T\n").replace("torch.", "T.")
+               .replace("nn.Linear", "Linear").replace("nn.Module", "Module"))
+    assert renamed != original and "T.randn_like" in renamed and ast.parse(renamed)
+    value = source_similarity(fingerprints(original, TEMPLATE), fingerprints(renamed, TEMPLATE))
+    print(f"renamed imports: {value:.3f}")
+    assert value >= SOURCE_SIMILARITY
+
+
 # ---------------------------------------------------------------- copies are found
 def test_the_copied_pair_is_found():
     a, b = fingerprints(COPIED_A, TEMPLATE), fingerprints(COPIED_B, TEMPLATE)

@@ -535,17 +535,20 @@ def tree_cpu_seconds(root: int) -> float:
 
 
 def disk_usage(folder: Path) -> tuple:
-    """(bytes of disk the files under `folder` take, number of files and folders), by `du`, which walks
-    any depth and any path length, counts allocated blocks (a sparse file counts what it uses) and
-    does not follow links. What cannot be measured counts as over any limit: (inf, inf)."""
+    """(bytes the files under `folder` take, number of files and folders), by `du`, which walks any
+    depth and any path length and does not follow links. The bytes are the larger of the allocated
+    blocks and the apparent sizes: a file system that allocates late shows few blocks for data just
+    written, and a sparse file counts in full. What cannot be measured counts as over any limit."""
+    counts = []
     try:
-        used = subprocess.run(["du", "-s", "-B1", "--", str(folder)], capture_output=True, text=True, timeout=60)
-        files = subprocess.run(["du", "-s", "--inodes", "--", str(folder)], capture_output=True, text=True, timeout=60)
-        if used.returncode or files.returncode:
-            raise ValueError(used.stderr or files.stderr)
-        return int(used.stdout.split()[0]), int(files.stdout.split()[0])
+        for flags in (["-B1"], ["-B1", "--apparent-size"], ["--inodes"]):
+            done = subprocess.run(["du", "-s", *flags, "--", str(folder)], capture_output=True, text=True, timeout=60)
+            if done.returncode:
+                raise ValueError(done.stderr)
+            counts.append(int(done.stdout.split()[0]))
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return float("inf"), float("inf")
+    return max(counts[0], counts[1]), counts[2]
 
 
 def remove_tree(path: Path) -> None:
@@ -673,6 +676,9 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                                 (cpu_group.seconds() or 0) if cpu_group else 0) > limits.cpu_seconds:
                             over_cpu = True
                             break
+                if not (timed_out or over_disk or over_cpu) and limits.work_bytes is not None:
+                    used, files = disk_usage(work)  # once more at the end: a short phase can end between checks
+                    over_disk = used + log.stat().st_size > limits.work_bytes or files > limits.work_files
             finally:  # the whole group, even after a normal end: stray children
                 try:
                     os.killpg(process.pid, signal.SIGKILL)

@@ -31,10 +31,13 @@ from tools.kit import ROOT, SOLUTION_FILE, strip_solution
 # between the copy (diluted or not) and the highest other pair, k = 9, w = 6 among the widest (0.32).
 KGRAM = 9
 WINDOW = 6
-# The pair's containment, the larger of its two directions. Measured with k = 9, w = 6: the copied pair
-# tests/cheats/copied_a.py, copied_b.py 0.881 (0.837 the other way); copied_a plus 48 or 200 unused lines
-# against copied_b 0.844; the highest other pair 0.523 (copied_a, tests/submissions/decode_batch_only.py),
-# the highest among tests/submissions 0.450; the reference submission.py against those 0.289 at most.
+# The pair's containment, the larger of its two directions. Measured with k = 9, w = 6 and imported names
+# read as their full paths: the copied pair tests/cheats/copied_a.py, copied_b.py 0.889; copied_c.py
+# (copied_a plus 48 unused lines) against copied_b 0.866; a copy of decode_int.py with its imports renamed
+# (`torch as T`, `from torch.nn import Linear`) 0.816; the highest other pair 0.553 (copied_a,
+# tests/submissions/decode_batch_only.py), the highest among tests/submissions 0.496; the reference
+# submission.py against those 0.302 at most. (Before imports were read as paths: 0.881, 0.844, 0.59,
+# 0.523, 0.450, 0.289: the renamed copy went unflagged.)
 SOURCE_SIMILARITY = 0.7
 # A file with fewer fingerprints than this, once the template's are removed (about 8 lines of its own
 # code), is not judged: two nearly untouched templates would match on their few scraps.
@@ -43,6 +46,28 @@ WEIGHT_SIMILARITY = 0.99  # cosine of the flattened handed-in state dicts
 
 STRING, NAME = "<str>", "<name>"  # the placeholders of every string literal and of the file's own names
 _LAYOUT = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}  # read, never compared
+
+
+def import_bindings(text: str) -> dict:
+    """{name the file binds by an import: the dotted path it stands for}: `import torch as T` binds T to
+    torch, `import torch.nn as nn` nn to torch.nn, `from torch.nn import Linear` Linear to
+    torch.nn.Linear; so that every way of writing one library name reads the same. {} when the file
+    does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        return {}
+    bindings = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    bindings[alias.asname] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                if alias.name != "*":
+                    bindings[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return bindings
 
 
 def defined_names(text: str):
@@ -96,6 +121,7 @@ def normalised_tokens(text: str) -> list:
     as torch, nn.Linear, F.relu stay), every string literal STRING, and a statement that is only a
     string (a docstring) is dropped. In a file that does not parse every identifier becomes NAME."""
     defined = defined_names(text)
+    bindings = import_bindings(text)
     tokens = _code_tokens(text)
     out, previous, i = [], (tokenize.NEWLINE, ""), 0
     while i < len(tokens):
@@ -111,7 +137,12 @@ def normalised_tokens(text: str) -> list:
             previous, i = tokens[end - 1], end
             continue
         if kind == tokenize.NAME and not keyword.iskeyword(string):
-            if defined is None:
+            if previous[1] != "." and string in bindings and (defined is None or string not in defined[0]):
+                # an imported name as its full path: T.zeros, torch.zeros; Linear, nn.Linear, torch.nn.Linear
+                path = bindings[string].split(".")
+                out.extend(token for part in path for token in (part, "."))
+                out.pop()
+            elif defined is None:
                 out.append(NAME)
             elif previous[1] in ("(", ",") and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
                 # a keyword argument, the callee's parameter: `device=device` must read as `device=dev`
