@@ -535,7 +535,7 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").unlink()
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").symlink_to(secret)
     with pytest.raises(LabError, match="recon.npy is a symbolic link"):
-        phases._load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", tmp_path / "work", np.uint8, (1, 28, 28),
+        phases.load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", tmp_path / "work", np.uint8, (1, 28, 28),
                            "reconstruct")
 
 
@@ -678,7 +678,7 @@ def test_what_a_phase_wrote_is_read_without_links_blocking_files_or_unbounded_si
     np.save(other / "recon.npy", np.zeros((1, 28, 28), np.uint8))
     (work / "VAE0label").symlink_to(other)
     with pytest.raises(LabError, match="VAE0label/recon.npy: VAE0label is a symbolic link or not a folder"):
-        phases._load_array(work / "VAE0label" / "recon.npy", work, np.uint8, (1, 28, 28), "reconstruct")
+        phases.load_array(work / "VAE0label" / "recon.npy", work, np.uint8, (1, 28, 28), "reconstruct")
     os.mkfifo(work / "Genwithlabel" / "contract.json")
     started = time.perf_counter()
     with pytest.raises(LabError, match="Genwithlabel/contract.json is not a regular file"):

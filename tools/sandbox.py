@@ -102,6 +102,7 @@ class PhaseResult:
     error: str             # one line, '' when ok
     seconds: float
     isolated: bool = False  # whether it ran under bubblewrap
+    over_budget: bool = False  # its disk or CPU went past the limits: nothing it wrote is to be trusted
 
 
 # ====================================================================== what is available
@@ -671,11 +672,13 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
                             if used > limits.work_bytes or files > limits.work_files:
                                 over_disk = True
                                 break
-                        if limits.cpu_seconds is not None and max(
-                                tree_cpu_seconds(process.pid),
-                                (cpu_group.seconds() or 0) if cpu_group else 0) > limits.cpu_seconds:
-                            over_cpu = True
-                            break
+                        if limits.cpu_seconds is not None:  # the cgroup counts every task ever in it
+                            used_cpu = cpu_group.seconds() if cpu_group else None
+                            if used_cpu is None:  # no cgroup here: the process tree
+                                used_cpu = tree_cpu_seconds(process.pid)
+                            if used_cpu > limits.cpu_seconds:
+                                over_cpu = True
+                                break
                 if not (timed_out or over_disk or over_cpu) and limits.work_bytes is not None:
                     used, files = disk_usage(work)  # once more at the end: a short phase can end between checks
                     over_disk = used + log.stat().st_size > limits.work_bytes or files > limits.work_files
@@ -699,10 +702,10 @@ def run_phase(command: list, *, lab: Path, work: Path, read_only=(), env: dict =
         return PhaseResult(False, f"timed out after {limits.seconds:g} s (killed)", seconds, available)
     if over_disk:
         return PhaseResult(False, f"its files in the work folder took more than {_size(limits.work_bytes)} of disk, "
-                                  f"or were more than {limits.work_files:,} (killed)", seconds, available)
+                                  f"or were more than {limits.work_files:,} (killed)", seconds, available, True)
     if over_cpu:
         return PhaseResult(False, f"its processes together used more CPU time than the limit, "
-                                  f"{limits.cpu_seconds:g} s (killed)", seconds, available)
+                                  f"{limits.cpu_seconds:g} s (killed)", seconds, available, True)
     if code == 0:
         return PhaseResult(True, "", seconds, available)
     # bwrap's init reports a child killed by signal N as exit code 128 + N

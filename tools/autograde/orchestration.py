@@ -23,7 +23,7 @@ from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILI
                                       REAL_IMAGE_CHECKED, ImageBank, bound_by_decode, calibrate, copy_check,
                                       copy_thresholds, legibility, perturbation_check, real_image_share)
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, PHASE_SCRIPT, Phases, Student,
-                                   _load_array, build_lab, clean_text, copy_untrusted, phase_json, read_untrusted,
+                                   load_array, build_lab, clean_text, copy_untrusted, phase_json, read_untrusted,
                                    untrusted_file)
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import similarity_report
@@ -104,7 +104,6 @@ class Batch:
         images, labels = load_split(self.grading_path)  # a missing or corrupt split stops the batch now
         self.num = min(args.inf_num, len(images)) if args.inf_num else len(images)
         self.images, self.labels = images[:self.num], labels[:self.num]
-        self.grading_images, self.grading_labels = images, labels
         valid_images, valid_labels = load_split(self.valid_path)
         train_images, _ = load_split(self.train_path)
         self.banks = [ImageBank("train", train_images), ImageBank("grading", images)]
@@ -239,7 +238,7 @@ def grade_student(batch: Batch, student: Student) -> dict:
         try:
             shapes = [tuple(map(int, shape)) for shape in facts.get("weight_shapes", [])]
             size = sum(int(np.prod(shape)) for shape in shapes)
-            student.weights[task] = (_load_array(work / task / "weights.npy", work, np.float32, (size,), "contract"),
+            student.weights[task] = (load_array(work / task / "weights.npy", work, np.float32, (size,), "contract"),
                                      shapes)
         except (LabError, TypeError, ValueError):
             pass  # only the similar-weights comparison misses it

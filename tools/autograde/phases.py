@@ -105,7 +105,7 @@ def copy_untrusted(path: Path, root: Path, target: Path, limit: int):
     return digest.hexdigest()
 
 
-def _load_array(path: Path, root: Path, dtype, shape: tuple, what: str) -> np.ndarray:
+def load_array(path: Path, root: Path, dtype, shape: tuple, what: str) -> np.ndarray:
     """A phase's .npy under `root`, checked here: exact dtype and shape, finite; LabError otherwise."""
     expected_bytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     try:
@@ -223,7 +223,9 @@ class Phases:
         for task in tasks:
             try:
                 error = read_untrusted(work / task / "error.txt", work, 1 << 20)
-                if error is not None:
+                if getattr(result, "over_budget", False):  # a task done past the budget is not done
+                    message = result.error
+                elif error is not None:
                     message = error[:300].decode(errors="replace")
                 elif read_untrusted(work / task / "done", work, 1 << 10) is None:
                     message = result.error or "the phase ended before this task was done"
@@ -237,11 +239,11 @@ class Phases:
 
     def _arrays(self, finished, what, files):
         """{task: {file: array}} for the finished tasks whose `files` (name -> (dtype, shape of a task)) all
-        pass _load_array's checks; a task with one that does not is dropped with its error."""
+        pass load_array's checks; a task with one that does not is dropped with its error."""
         arrays = {}
         for task, folder in finished.items():
             try:
-                arrays[task] = {name: _load_array(folder / name, self.work, dtype, shape(task), what)
+                arrays[task] = {name: load_array(folder / name, self.work, dtype, shape(task), what)
                                 for name, (dtype, shape) in files.items()}
             except LabError as error:
                 self.drop(task, str(error))
