@@ -157,7 +157,7 @@ def lr_at(step, total, lr, warmup):
 
 
 @torch.no_grad()
-def class_gaussian_samples(model, train, latent_dim, per_label=100):
+def class_gaussian_samples(model, train, latent_dim, per_label=100, spread=1.0):
     """uint8 [10, per_label, 28, 28]: decoded draws from a Gaussian fitted to each class's training codes."""
     model.eval()
     codes = torch.cat([model(train.images[i:i + 2000], train.labels[i:i + 2000])[1]
@@ -166,7 +166,7 @@ def class_gaussian_samples(model, train, latent_dim, per_label=100):
     for c in range(NUM_CLASSES):
         class_codes = codes[train.labels == c]
         scale = torch.linalg.cholesky(torch.cov(class_codes.T))
-        z = class_codes.mean(0) + torch.randn(per_label, latent_dim, generator=generator).double() @ scale.T
+        z = class_codes.mean(0) + spread * torch.randn(per_label, latent_dim, generator=generator).double() @ scale.T
         samples.append(to_uint8(model.decode(z.float(), torch.full((per_label,), c))))
     return np.stack(samples)
 
@@ -176,7 +176,7 @@ def train_and_grade(args):
     Candidate.OUTPUT = args.output
     model = build(args.arch, args.latent_dim, args.conditional)
     train = MNISTDataset("train")
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, fused=True)
     steps_per_epoch = math.ceil(len(train) / args.batch_size)
     total = int(args.epochs * steps_per_epoch)
     step, started = 0, time.perf_counter()
@@ -190,27 +190,30 @@ def train_and_grade(args):
             x, labels = train.images[index], train.labels[index]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, args.lr, args.warmup)
-            recon_x, mu, log_var = model(x, labels)
-            loss = vae_loss(recon_x, x, mu, log_var, args.var)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                recon_x, mu, log_var = model(x, labels)
+                loss = vae_loss(recon_x, x, mu, log_var, args.var)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
     seconds = time.perf_counter() - started
     grader = Grader("Genwithlabel" if args.conditional else "VAE0label")
-    samples = class_gaussian_samples(model, train, args.latent_dim) if args.conditional else None
+    samples = class_gaussian_samples(model, train, args.latent_dim, spread=args.spread) if args.conditional else None
     result = grader(model, args.latent_dim, samples)
     if args.conditional:  # how legible the samples are: the share the project's classifier reads as their label
         from classifier import classify, load_classifier
         from evaluation import label_metrics
         predictions = classify(load_classifier()[0], samples.reshape(-1, 28, 28))[1]
         asked = np.repeat(np.arange(NUM_CLASSES), samples.shape[1])
-        result["label_accuracy"] = label_metrics(predictions, asked, "Genwithlabel")["overall"]
-    row = {"arch": args.arch, "output": args.output, "conditional": args.conditional, "epochs": args.epochs, "batch_size": args.batch_size,
+        legibility = label_metrics(predictions, asked, "Genwithlabel")
+        result["label_accuracy"] = legibility["overall"]
+        result["per_label"] = [round(a, 2) for a in legibility["per_label"]]
+    row = {"arch": args.arch, "latent_dim": args.latent_dim, "precision": args.precision, "output": args.output, "conditional": args.conditional, "epochs": args.epochs, "batch_size": args.batch_size,
            "lr": args.lr, "var": args.var, "train_seconds": round(seconds, 1),
            "images_per_s": round(step * args.batch_size / seconds), "ssim": round(result["ssim"], 4),
            "mse": round(result["mse"], 5), "fid": round(result["fid"], 3) if "fid" in result else None,
-           "grade_uncapped": round(result["score_uncapped"], 3), "label_accuracy": result.get("label_accuracy"),
+           "grade_uncapped": round(result["score_uncapped"], 3), "label_accuracy": result.get("label_accuracy"), "per_label": result.get("per_label"),
            "threads": torch.get_num_threads()}
     print(json.dumps(row), flush=True)
 
@@ -327,6 +330,12 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     parser.add_argument("--output", choices=("sigmoid", "clamp", "linear"), default="sigmoid",
                         help="the decoder's last step to pixel means (Candidate's docstring; default %(default)s)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: the training steps under bf16 autocast, as the Trainer on fast-bf16 hardware "
+                             "(default %(default)s)")
+    parser.add_argument("--spread", type=float, default=1.0,
+                        help="a conditional model's draws: the class Gaussian's standard deviations times this "
+                             "(default %(default)s)")
     parser.add_argument("--throughput", action="store_true", help="only images/s of each candidate on random data")
     parser.add_argument("--compile", action="store_true",
                         help="only images/s of submission.py's models, eager and under torch.compile")

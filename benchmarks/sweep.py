@@ -7,6 +7,10 @@ Each run goes through train.py, inference.py and grade.py as a user would run th
 table measures the real pipeline. Rows are appended to OUT.csv and OUT.md as runs finish
 (an interrupted sweep keeps its finished rows, and running it again skips them); OUT.png plots grade against each varied
 setting. Runs live in OUT_runs/ (checkpoints, outputs, grade JSON).
+
+The points are independent jobs, run by tools/jobs.py as the autograder's students are: one after the
+other by default, `--jobs N` at a time here, or on a Dask cluster with `--backend dask [--scheduler
+tcp://HOST:8786]` (docs/course.md). With more than one at a time each training gets one torch thread.
 """
 import argparse
 import csv
@@ -25,6 +29,7 @@ from grade import GRADE_CAPS  # noqa: E402
 from tasks import TASKS  # noqa: E402
 from checkpoint import export_path  # noqa: E402
 from trainer import TrainConfig  # noqa: E402
+from tools.jobs import BACKENDS, run_jobs  # noqa: E402
 
 DEFAULTS = TrainConfig()
 COLUMNS = ["task", "latent_dim", "var", "lr", "epochs", "train_seconds", "ssim", "mse", "fid",
@@ -42,6 +47,10 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=ROOT / "sweeps" / "sweep",
                         help="path prefix of OUT.csv, OUT.md, OUT.png and OUT_runs/")
     parser.add_argument("--train_args", default="", help="extra train.py flags, e.g. '--limit 2000'")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (local: here; dask without --scheduler: a local cluster of N workers)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local (default) or dask")
+    parser.add_argument("--scheduler", default=None, help="with --backend dask: a running scheduler's address")
     return parser.parse_args(argv)
 
 
@@ -52,6 +61,11 @@ def step(*args):
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
         raise LabError(f"{Path(args[0]).name} failed: {message}")
+
+
+def run_point(point: tuple) -> dict:
+    """One job of the sweep, wherever it runs: (task, latent_dim, var, lr, epochs, split, runs_dir, extra)."""
+    return run_one(*point)
 
 
 def run_one(task, latent_dim, var, lr, epochs, split, runs_dir: Path, extra) -> dict:
@@ -124,14 +138,27 @@ def main(argv=None):
     title = f"Sweep on the {args.split} split: " + ", ".join(
         f"{name} {getattr(args, name)}" for name in ("tasks", "latent_dim", "var", "lr", "epochs"))
     print(f"{title}: {len(grid)} runs")
-    rows = []
-    for i, combo in enumerate(grid, 1):
-        row = run_one(*combo, args.split, runs_dir, extra)
-        rows.append(row)
-        write_tables(rows, args.out, title)
-        print(f"[{i}/{len(grid)}] " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    if varied:
+    if (args.jobs > 1 or args.backend == "dask") and "--threads" not in extra:
+        extra += ["--threads", "1"]  # runs side by side: one thread each, or they stall each other
+    rows, failures = [None] * len(grid), []
+
+    def done(index, row, error):
+        if error is not None:
+            failures.append(f"{', '.join(map(str, grid[index]))}: {error}")
+            print(f"[{index + 1}/{len(grid)}] failed: {failures[-1]}", flush=True)
+            return
+        rows[index] = row
+        write_tables([r for r in rows if r is not None], args.out, title)  # in grid order, as runs finish
+        print(f"[{index + 1}/{len(grid)}] " + ", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+
+    run_jobs(run_point, [(*combo, args.split, runs_dir, extra) for combo in grid], done, backend=args.backend,
+             workers=args.jobs, scheduler=args.scheduler, name="sweep")
+    rows = [r for r in rows if r is not None]
+    if varied and rows:
         plot(rows, args.out, varied)
+    if failures:
+        raise LabError(f"{len(failures)} of {len(grid)} runs failed (the {len(rows)} others are in {args.out}.csv); "
+                       f"the first: {failures[0]}")
     print(f"wrote {args.out}.csv, {args.out}.md" + (f", {args.out}.png" if varied else ""))
 
 

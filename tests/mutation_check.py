@@ -122,6 +122,19 @@ MUTANTS = [
      "if not isinstance(given, dict) or set(given) != set(expected):",
      "if not isinstance(given, dict) or not set(expected) <= set(given):",
      ["tests/test_autograde.py::test_checkpoints_are_inspected_without_running_code_and_hold_only_what_the_class_creates"]),
+    ("a saved result reused whatever it was graded from", "tools/autograde/orchestration.py",
+     'if saved.get("fingerprint") != fingerprint:', "if False:",
+     ["tests/test_autograde.py::test_a_saved_result_comes_back_only_for_its_own_fingerprint"]),
+    ("a job lost with its worker saved as final", "tools/autograde/orchestration.py",
+     'if record.get("final", True):', "if True:",
+     ["tests/test_autograde.py::test_a_job_lost_on_its_worker_gives_an_error_row_that_a_rerun_grades_again"]),
+    ("the settings left out of the fingerprint", "tools/autograde/orchestration.py",
+     "digest.update(json.dumps(settings, sort_keys=True, default=str).encode())", "pass",
+     ["tests/test_autograde.py::test_a_rerun_grades_only_what_changed"]),
+    ("a Dask job reported under another job's index", "tools/jobs.py",
+     "on_done(futures[future], None if error else future.result(), error)",
+     "on_done(0, None if error else future.result(), error)",
+     ["tests/test_jobs.py::test_every_job_is_reported_once_with_its_result_or_its_error"]),
 ]
 
 

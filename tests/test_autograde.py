@@ -5,6 +5,7 @@ One autograde run (module-scoped) grades HONEST + CHEATS + the reference + two b
 tiny budget; a second, serial run without isolation re-grades the copy_samples cheat (which then finds a
 data file; its honest VAE0label columns equal those of the run with --jobs 2). About 2 minutes on 2
 quiet cores (docs/course.md); the phases' process starts (torch imports) dominate."""
+import argparse
 import csv
 import importlib.util
 import json
@@ -463,6 +464,110 @@ def test_jobs_2_gives_the_rows_of_a_serial_run(graded, serial):
                                                                                           "Genwithlabel_mse")]
     assert len(columns) == 7 and parallel["VAE0label_grade"] != "" and parallel["Genwithlabel_mse"] != ""
     assert {c: alone[c] for c in columns} == {c: parallel[c] for c in columns}
+
+
+CLUSTER_BATCH = ["decode_int", "mantissa_code", "reference", "syntax"]
+
+
+@pytest.fixture(scope="module")
+def through_dask(graded, tiny_valid, tiny_train):
+    """Four of the batch's students (an honest one that trains, a cheat, the reference, a broken one)
+    graded again through a Dask cluster: a LocalCluster of 2 worker processes, with the settings of the
+    local run (--jobs 2: one torch thread per phase)."""
+    pytest.importorskip("distributed", reason="dask.distributed is a course extra (requirements-course.txt)")
+    base = graded["base"] / "dask"
+    for name in CLUSTER_BATCH:
+        shutil.copytree(graded["base"] / "submissions" / name, base / "submissions" / name, symlinks=True)
+    out = base / "grades" / "grades.csv"
+    flags = [base / "submissions", "--out", out, "--data_path", tiny_valid, "--valid_data", tiny_valid,
+             "--train_data", tiny_train, *BUDGET]
+    result = autograde_cli(*flags, "--backend", "dask", "--jobs", 2)
+    rows, records, report = read_run(out)
+    return {"flags": flags, "out": out, "rows": rows, "records": records, "report": report, "stdout": result.stdout,
+            "base": base}
+
+
+def test_a_dask_cluster_grades_students_as_the_local_backend_does(graded, through_dask):
+    rows = through_dask["rows"]
+    assert sorted(rows) == CLUSTER_BATCH and through_dask["report"]["backend"] == "dask"
+    for name in CLUSTER_BATCH:
+        here, there = graded["rows"][name], rows[name]
+        same = [c for c in reports.TABLE_COLUMNS if c != "integrity"]  # similarity pairs depend on the batch
+        assert {c: there[c] for c in same} == {c: here[c] for c in same}, name
+        assert task_flags(there) == task_flags(here), name
+    assert rows["decode_int"]["VAE0label_grade"] != "" and "mantissa_code" in rows
+    # each row says what its worker enforced, checked on the worker
+    assert rows["decode_int"]["isolation"] == ("bubblewrap" if ISOLATED else f"none: {WHY}")
+    assert rows["decode_int"]["host"] == socket.gethostname()
+
+
+def test_a_rerun_grades_only_what_changed(through_dask):
+    flags, out = through_dask["flags"], through_dask["out"]
+    before = out.read_text()
+    again = autograde_cli(*flags, "--jobs", 2)  # the same batch, now on the local backend
+    assert "resumed: 4 of 4 students already graded" in again.stdout and "grading 0" in again.stdout
+    assert out.read_text() == before
+    broken = through_dask["base"] / "submissions" / "syntax" / "submission.py"
+    broken.write_text(broken.read_text() + "\n# handed in again\n")
+    third = autograde_cli(*flags, "--jobs", 2)
+    assert "resumed: 3 of 4" in third.stdout and re.search(r"^\[4/4\] syntax: done in", third.stdout, re.M)
+    assert not re.search(r"^\[1/4\] decode_int: done in", third.stdout, re.M)
+    assert out.read_text() == before  # its row is the same: a syntax error is a syntax error
+    # what a result depends on: the files, the settings that change results, the grader's code and data
+    parser = argparse.ArgumentParser()
+    autograde.add_arguments(parser)
+    args = parser.parse_args(list(map(str, flags)))
+    folder = through_dask["base"] / "submissions" / "decode_int"
+    fingerprint = orchestration.results_fingerprint(args, folder, "lab")
+    for change in (["--inf_num", "100"], ["--no_isolation"], ["--seed", "1"], ["--precision", "bf16"]):
+        assert orchestration.results_fingerprint(parser.parse_args(list(map(str, flags)) + change), folder,
+                                                 "lab") != fingerprint, change
+    for change in (["--jobs", "7"], ["--backend", "dask"], ["--work_dir", "/tmp/elsewhere"]):
+        assert orchestration.results_fingerprint(parser.parse_args(list(map(str, flags)) + change), folder,
+                                                 "lab") == fingerprint, change
+    assert orchestration.results_fingerprint(args, folder, "lab changed") != fingerprint
+
+
+def test_a_saved_result_comes_back_only_for_its_own_fingerprint(tmp_path):
+    vector = np.arange(6, dtype=np.float32)
+    result = {"record": {"student": "ann", "tasks": {"VAE0label": {"score": 9.5}}, "errors": [], "flags": []},
+              "weights": {"VAE0label": (vector, [(2, 3)])}, "digests": {"VAE0label": "ab" * 32}}
+    orchestration.save_result(tmp_path, "ann", "f1", result)
+    back = orchestration.load_result(tmp_path, "ann", "f1")
+    assert back["record"] == result["record"] and back["digests"] == result["digests"]
+    assert back["weights"]["VAE0label"][1] == [(2, 3)]  # shapes as tuples, as similarity compares them
+    assert np.array_equal(back["weights"]["VAE0label"][0], vector)
+    assert orchestration.load_result(tmp_path, "ann", "f2") is None  # another fingerprint: graded again
+    assert orchestration.load_result(tmp_path, "bob", "f1") is None
+    (tmp_path / "ann.npz").write_bytes(b"torn")  # a half-written pair: graded again, not a crash
+    assert orchestration.load_result(tmp_path, "ann", "f1") is None
+
+
+def test_a_job_lost_on_its_worker_gives_an_error_row_that_a_rerun_grades_again(tmp_path, monkeypatch, tiny_valid):
+    students = tmp_path / "submissions"
+    for name in ("a", "b"):
+        (students / name).mkdir(parents=True)
+        (students / name / "submission.py").write_text("import torch\n")
+
+    def lose_every_job(function, items, on_done, **_):
+        for index, _ in enumerate(items):
+            on_done(index, None, RuntimeError("worker tcp://10.0.0.7:40123 died"))
+    monkeypatch.setattr(orchestration, "run_jobs", lose_every_job)
+    out = tmp_path / "grades.csv"
+    parser = argparse.ArgumentParser()
+    autograde.add_arguments(parser)
+    args = [str(students), "--out", str(out), "--data_path", str(tiny_valid), "--valid_data", str(tiny_valid),
+            "--train_data", str(tiny_valid)]
+    records = autograde.autograde(parser.parse_args(args))
+    rows, _, _ = read_run(out)
+    assert sorted(rows) == ["a", "b"] and [r["tasks"] for r in records] == [{}, {}]
+    assert rows["a"]["errors"] == ("autograder failure: the job was lost on its worker "
+                                   "(RuntimeError: worker tcp://10.0.0.7:40123 died)")
+    assert not (tmp_path / "grades_results").exists()  # not final: nothing saved
+    calls = []
+    monkeypatch.setattr(orchestration, "run_jobs", lambda function, items, on_done, **_: calls.append(len(items)))
+    autograde.autograde(parser.parse_args(args))
+    assert calls == [2]  # both are graded again
 
 
 def test_a_model_that_cannot_take_bf16_is_trained_in_fp32_and_graded(serial):

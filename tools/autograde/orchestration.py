@@ -2,23 +2,28 @@
 each student through the phases to a record, the table, and the command line."""
 import argparse
 import ast
+import atexit
+import hashlib
+import io
 import json
+import os
 import re
+import socket
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line
-from data_utils import LabError, load_split, resolve_split
+from data_utils import LabError, atomic_write_bytes, atomic_write_json, load_split, resolve_split
 from hardware import PRECISIONS
 from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
+from tools.jobs import BACKENDS, run_jobs
 from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION,
                                       REAL_IMAGE_CHECKED, ImageBank, bound_by_decode, calibrate, copy_check,
                                       copy_thresholds, legibility, perturbation_check, real_image_share)
@@ -375,6 +380,131 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "student"
 
 
+# Settings that decide where and how fast a batch runs, not what it finds: a rerun that changes only
+# these reuses the students already graded (resume).
+NOT_IN_RESULTS = ("submissions", "out", "jobs", "backend", "scheduler", "work_dir", "require_isolation")
+_batches, _batches_lock = {}, threading.Lock()
+
+
+def process_batch(args) -> Batch:
+    """This process's Batch for `args`, made once: a Dask worker loads the data, the classifier and the
+    budget's splits itself, from the paths the TA gave (which must be readable where it runs)."""
+    key = json.dumps(vars(args), sort_keys=True, default=str)
+    with _batches_lock:
+        if key not in _batches:
+            batch = Batch(args)
+            budget = Path(tempfile.mkdtemp(prefix="autograde-budget."))
+            atexit.register(sandbox.remove_tree, budget)
+            batch.write_budget(budget)
+            _batches[key] = batch
+        return _batches[key]
+
+
+def grade_one(job: dict) -> dict:
+    """One student, in whichever process runs the job (this one, or a Dask worker on another machine):
+    {"record", "weights", "digests"}. The record says which host graded it and what isolation it had."""
+    args, folder = job["args"], Path(job["folder"])
+
+    def say(message):
+        _print(f"{job['prefix']}: {message}")
+    started = time.perf_counter()
+    logs = Path(job["logs"])
+    sandbox.remove_tree(logs)
+    logs.mkdir(parents=True)
+    scratch = None if args.work_dir else Path(tempfile.mkdtemp(prefix="autograde."))
+    base = (Path(args.work_dir).resolve() if args.work_dir else scratch) / job["slot"]
+    student, isolation = None, "unknown"
+    try:
+        batch = process_batch(args)
+        available, why = sandbox.isolation()
+        isolation = "bubblewrap" if batch.isolate else \
+            "none: " + ("disabled by --no_isolation" if args.no_isolation else why)
+        student = Student(folder, base, logs, say)
+        if args.require_isolation and not batch.isolate:
+            student.fail(f"--require_isolation: student code cannot be isolated on {socket.gethostname()}: {why}")
+            record = student.record
+        else:
+            record = grade_student(batch, student)
+    except Exception as error:  # a grader bug must not lose the other students' rows
+        record = failed_record(folder.name, f"autograder failure: {one_line(error)}")
+        (logs / "autograder_traceback.txt").write_text(traceback.format_exc())
+    finally:
+        if scratch is not None:
+            sandbox.remove_tree(scratch)
+    record.update(seconds=round(time.perf_counter() - started, 2), host=socket.gethostname(), isolation=isolation)
+    return {"record": record, "weights": student.weights if student else {},
+            "digests": student.checkpoint_sha256 if student else {}}
+
+
+def failed_record(name: str, error: str) -> dict:
+    """The row of a student whom the grader itself failed: not final, so a rerun grades them again."""
+    return {"student": name, "tasks": {}, "flags": [], "notes": [], "errors": [error], "final": False}
+
+
+def file_digest(path: Path, digest=None):
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def results_fingerprint(args, folder: Path, lab_digest: str) -> str:
+    """What a student's result depends on: their folder's files (names, link targets, contents), the
+    settings, the grader's code and the data splits. Equal fingerprints: the saved result stands."""
+    digest = hashlib.sha256(lab_digest.encode())
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_RESULTS}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for directory, subfolders, files in sorted(os.walk(folder)):  # links are hashed as links, never followed
+        subfolders.sort()
+        for name in sorted(files + [d for d in subfolders if (Path(directory) / d).is_symlink()]):
+            path = Path(directory) / name
+            digest.update(b"\0" + str(path.relative_to(folder)).encode() + b"\0")
+            if path.is_symlink():
+                digest.update(b"link:" + os.readlink(path).encode())
+            elif path.is_file():
+                file_digest(path, digest)
+    return digest.hexdigest()
+
+
+def code_and_data_digest(args) -> str:
+    """The grader's code (the lab it copies, the autograder) and the three splits, as one digest."""
+    digest = hashlib.sha256()
+    lab, _ = kit_manifest(ROOT, include_test_split=False)
+    code = sorted(set(lab) | {str(p.relative_to(ROOT)) for p in (ROOT / "tools").rglob("*.py")})
+    for relative in code:
+        if (ROOT / relative).is_file():
+            digest.update(relative.encode())
+            file_digest(ROOT / relative, digest)
+    for split in (args.data_path, args.valid_data, args.train_data):
+        file_digest(resolve_split(split), digest)
+    return digest.hexdigest()
+
+
+def save_result(folder: Path, slot: str, fingerprint: str, result: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    vectors = io.BytesIO()
+    np.savez(vectors, **{task: vector for task, (vector, _) in result["weights"].items()})
+    atomic_write_bytes(folder / f"{slot}.npz", vectors.getvalue())
+    atomic_write_json(folder / f"{slot}.json", {
+        "fingerprint": fingerprint, "record": result["record"], "digests": result["digests"],
+        "shapes": {task: shapes for task, (_, shapes) in result["weights"].items()}})
+
+
+def load_result(folder: Path, slot: str, fingerprint: str):
+    """The saved result of a student with this fingerprint, or None (none saved, another fingerprint, unreadable)."""
+    try:
+        saved = json.loads((folder / f"{slot}.json").read_text())
+        if saved.get("fingerprint") != fingerprint:
+            return None
+        with np.load(folder / f"{slot}.npz") as vectors:
+            weights = {task: (vectors[task], [tuple(shape) for shape in shapes])
+                       for task, shapes in saved["shapes"].items()}
+        return {"record": saved["record"], "weights": weights, "digests": saved["digests"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def autograde(args) -> list:
     submissions = Path(args.submissions)
     folders = student_folders(submissions)
@@ -391,28 +521,30 @@ def autograde(args) -> list:
     if submissions.resolve() in out.parents:
         raise LabError(f"--out {args.out} lies inside {submissions}: the tables would be taken for a student; "
                        f"write them elsewhere")
+    if args.scheduler and args.backend != "dask":
+        raise LabError("--scheduler is the address of a Dask scheduler: add --backend dask")
+    for split in (args.data_path, args.valid_data, args.train_data):
+        load_split(resolve_split(split))  # a missing or corrupt split stops the batch now, in one line
     available, why = sandbox.isolation()
     if args.no_isolation:
         available, why = False, f"disabled by --no_isolation ({why})"
-    if args.require_isolation and not available:
+    here = "on this machine; " + ("each row's isolation column says what its worker enforced" if args.backend == "dask"
+                                  else "every student is graded here")
+    if args.require_isolation and not available and args.backend == "local":
         raise LabError(f"--require_isolation: student code cannot be isolated here: {why}")
-    _print(f"isolation: {'bubblewrap' if available else 'NOT ENFORCED'}: {why}")
+    _print(f"isolation: {'bubblewrap' if available else 'NOT ENFORCED'}: {why} ({here})")
     _print(f"process limit: {sandbox.process_limit()[1]}")
     _print(f"CPU time of the train phase counted {sandbox.cpu_limit()}")
-    if not available:
+    if not available and args.backend == "local":
         _print("warning: grading WITHOUT isolation: student code runs with the grader's rights "
                "(the report says so)")
-    if args.jobs > 1 and not args.threads:
+    if (args.jobs > 1 or args.backend == "dask") and not args.threads:
         args.threads = 1
-    batch = Batch(args)
     report = {"isolation": ("bubblewrap: " if available else "NOT ENFORCED: ") + why, "isolated": available,
               "process_limit": sandbox.process_limit()[1], "threads_per_phase": args.threads or None,
-              "jobs": args.jobs, "similarity": []}
+              "jobs": args.jobs, "backend": args.backend, "similarity": []}
 
-    logs_root = out.parent / f"{out.stem}_logs"
-    work_root = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="autograde."))
-    work_root.mkdir(parents=True, exist_ok=True)
-    batch.write_budget(work_root / ".budget")
+    logs_root, results_root = out.parent / f"{out.stem}_logs", out.parent / f"{out.stem}_results"
     slots = {}
     for folder in folders:
         slot = _safe_name(folder.name)
@@ -422,58 +554,65 @@ def autograde(args) -> list:
     records = [None] * len(folders)
     weights = {}  # (student, task) -> the handed-in weights as one vector, and their shapes
     digests = {}  # (student, task) -> the handed-in checkpoint's sha256, which the grader computed itself
-    lock = threading.Lock()
     started = time.perf_counter()
 
-    def one(number, folder):
-        prefix = f"[{number + 1}/{len(folders)}] {folder.name}"
+    def keep(number, result):
+        folder = folders[number]
+        records[number] = result["record"]
+        weights.update({(folder.name, task): vector for task, vector in result["weights"].items()})
+        digests.update({(folder.name, task): digest for task, digest in result["digests"].items()})
 
-        def say(message):
-            _print(f"{prefix}: {message}")
-        student_started = time.perf_counter()
-        logs, base = logs_root / slots[folder], work_root / slots[folder]
-        sandbox.remove_tree(logs)
-        logs.mkdir(parents=True)
-        student = Student(folder, base, logs, say)
-        try:
-            record = grade_student(batch, student)
-        except Exception as error:  # a grader bug must not lose the other students' rows
-            record = {"student": folder.name, "tasks": {}, "flags": [], "notes": [],
-                      "errors": [f"autograder failure: {one_line(error)}"]}
-            (logs / "autograder_traceback.txt").write_text(traceback.format_exc())
-        record["seconds"] = round(time.perf_counter() - student_started, 2)
+    lab_digest = code_and_data_digest(args)
+    fingerprints, todo = {}, []
+    for number, folder in enumerate(folders):
+        fingerprints[number] = results_fingerprint(args, folder, lab_digest)
+        saved = load_result(results_root, slots[folder], fingerprints[number])
+        if saved is not None:
+            keep(number, saved)
+        else:
+            todo.append(number)
+    if len(todo) < len(folders):
+        _print(f"resumed: {len(folders) - len(todo)} of {len(folders)} students already graded with these files and "
+               f"settings ({results_root}); grading {len(todo)}")
+
+    def done(index, result, error):
+        number = todo[index]
+        folder = folders[number]
+        if error is not None:  # the job itself was lost: its worker died, or the scheduler gave it up
+            result = {"record": failed_record(folder.name, f"autograder failure: the job was lost on its worker "
+                                                           f"({one_line(error)})"),
+                      "weights": {}, "digests": {}}
+            result["record"]["seconds"] = 0.0
+        record = result["record"]
+        keep(number, result)
         grades = ", ".join(f"{t} {record['tasks'][t]['score']:.2f}" for t in TASKS
                            if "score" in record["tasks"].get(t, {})) or "no grade"
-        say(f"done in {record['seconds']:.1f} s: {grades}"
-            + (f"; flags: {', '.join(f['flag'] for f in record['flags'])}" if record.get("flags") else ""))
-        if not args.work_dir:
-            sandbox.remove_tree(base)
-        with lock:
-            records[number] = record
-            weights.update({(folder.name, task): vector for task, vector in student.weights.items()})
-            digests.update({(folder.name, task): digest for task, digest in student.checkpoint_sha256.items()})
-            try:  # an interrupted batch keeps the rows written so far
-                write_tables([r for r in records if r is not None], out, report)
-            except Exception as error:  # the final write, after every student, says what it is
-                _print(f"warning: the tables could not be updated after {folder.name}: {one_line(error)}")
+        _print(f"[{number + 1}/{len(folders)}] {folder.name}: done in {record['seconds']:.1f} s: {grades}"
+               + (f"; flags: {', '.join(f['flag'] for f in record['flags'])}" if record.get("flags") else ""))
+        if record.get("final", True):
+            try:
+                save_result(results_root, slots[folder], fingerprints[number], result)
+            except OSError as failure:
+                _print(f"warning: {folder.name}'s result could not be saved for a rerun: {one_line(failure)}")
+        try:  # an interrupted batch keeps the rows written so far
+            write_tables([r for r in records if r is not None], out, report)
+        except Exception as failure:  # the final write, after every student, says what it is
+            _print(f"warning: the tables could not be updated after {folder.name}: {one_line(failure)}")
 
-    try:
-        if args.jobs > 1:
-            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-                for future in [pool.submit(one, i, f) for i, f in enumerate(folders)]:
-                    future.result()
-        else:
-            for i, folder in enumerate(folders):
-                one(i, folder)
-    finally:
-        if not args.work_dir:
-            sandbox.remove_tree(work_root)
+    jobs = [{"args": args, "folder": str(folders[n].resolve()), "slot": slots[folders[n]],
+             "logs": str(logs_root / slots[folders[n]]), "prefix": f"[{n + 1}/{len(folders)}] {folders[n].name}"}
+            for n in todo]
+    run_jobs(grade_one, jobs, done, backend=args.backend, workers=args.jobs, scheduler=args.scheduler,
+             name="autograde")
     records = [r for r in records if r is not None]
     try:
         report["similarity"], report["similarity_notes"] = similarity_report(records, {f.name: f for f in folders},
                                                                                weights, digests)
     except Exception as error:  # a bug in the comparison must not lose the batch's tables
         report["similarity"], report["similarity_notes"] = [], [f"similarity not computed: {one_line(error)}"]
+    for record in records:  # a resumed record may hold the flags of an earlier similarity pass
+        record["flags"] = [f for f in record["flags"] if f["flag"] not in ("similar-source", "similar-weights",
+                                                                             "same-checkpoint")]
     for pair in report["similarity"]:
         for name in pair["students"]:
             other = [s for s in pair["students"] if s != name][0]
@@ -527,7 +666,15 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
     grade.add_argument("--phase_disk_gb", type=float, default=2.0,
                        help="disk space of all the files a phase writes, together (GiB)")
     grade.add_argument("--processes", type=int, default=64, help="processes + threads per phase")
-    grade.add_argument("--jobs", type=int, default=1, help="grade N students in parallel")
+    grade.add_argument("--jobs", type=int, default=1,
+                       help="grade N students in parallel (local: N threads here; dask without --scheduler: a local "
+                            "cluster of N worker processes)")
+    grade.add_argument("--backend", choices=BACKENDS, default="local",
+                       help="where students are graded: local (this machine, the default) or dask (a Dask cluster: "
+                            "docs/course.md, 'Grading a class on a cluster')")
+    grade.add_argument("--scheduler", default=None,
+                       help="with --backend dask: the address of a running Dask scheduler (tcp://HOST:8786); "
+                            "default: a local cluster of --jobs workers")
     grade.add_argument("--threads", type=int, default=0,
                        help="torch threads per phase (OMP/MKL_NUM_THREADS); default 1 with --jobs > 1, else "
                             "torch's own; give the same value to compare runs")

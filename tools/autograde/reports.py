@@ -12,7 +12,8 @@ from tools.autograde.phases import clean_text
 TABLE_COLUMNS = ["student",
                  "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source", "VAE0label_precision",
                  "Genwithlabel_ssim", "Genwithlabel_mse", "Genwithlabel_fid", "Genwithlabel_grade",
-                 "Genwithlabel_source", "Genwithlabel_precision", "total", "integrity", "errors", "notes"]
+                 "Genwithlabel_source", "Genwithlabel_precision", "total", "integrity", "errors", "notes",
+                 "isolation", "host"]
 METRICS = {"VAE0label": ("ssim", "mse"), "Genwithlabel": ("ssim", "mse", "fid")}
 
 
@@ -31,6 +32,8 @@ def table_rows(records: list) -> list:
             row[f"{task}_precision"] = entry.get("precision")
             total += entry.get("score") or 0.0
         row["total"] = total
+        row["isolation"] = clean_text(record.get("isolation") or "", 300)  # what the grading process enforced
+        row["host"] = clean_text(record.get("host") or "", 200)
         row["integrity"] = ";".join(f"{f['task']}:{f['flag']}" if f.get("task") else f["flag"]
                                     for f in record.get("flags", []))
         rows.append(row)
