@@ -130,7 +130,7 @@ MUTANTS = [
      ["tests/test_autograde.py::test_a_job_lost_on_its_worker_gives_an_error_row_that_a_rerun_grades_again"]),
     ("the settings left out of the fingerprint", "tools/autograde/orchestration.py",
      "digest.update(json.dumps(settings, sort_keys=True, default=str).encode())", "pass",
-     ["tests/test_autograde.py::test_a_rerun_grades_only_what_changed"]),
+     ["tests/test_autograde.py::test_the_fingerprint_follows_files_settings_code_and_data"]),
     ("a Dask job reported under another job's index", "tools/jobs.py",
      "on_done(futures[future], None if error else future.result(), error)",
      "on_done(0, None if error else future.result(), error)",

@@ -513,19 +513,30 @@ def test_a_rerun_grades_only_what_changed(through_dask):
     assert "resumed: 3 of 4" in third.stdout and re.search(r"^\[4/4\] syntax: done in", third.stdout, re.M)
     assert not re.search(r"^\[1/4\] decode_int: done in", third.stdout, re.M)
     assert out.read_text() == before  # its row is the same: a syntax error is a syntax error
-    # what a result depends on: the files, the settings that change results, the grader's code and data
+
+
+def test_the_fingerprint_follows_files_settings_code_and_data(tmp_path):
+    folder = tmp_path / "ann"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "submission.py").write_text("import torch\n")
     parser = argparse.ArgumentParser()
     autograde.add_arguments(parser)
-    args = parser.parse_args(list(map(str, flags)))
-    folder = through_dask["base"] / "submissions" / "decode_int"
-    fingerprint = orchestration.results_fingerprint(args, folder, "lab")
-    for change in (["--inf_num", "100"], ["--no_isolation"], ["--seed", "1"], ["--precision", "bf16"]):
-        assert orchestration.results_fingerprint(parser.parse_args(list(map(str, flags)) + change), folder,
-                                                 "lab") != fingerprint, change
+    flags = [str(tmp_path), "--out", str(tmp_path / "grades.csv")]
+
+    def fingerprint(*change, lab="lab"):
+        return orchestration.results_fingerprint(parser.parse_args(flags + list(change)), folder, lab)
+    first = fingerprint()
+    for change in (["--inf_num", "100"], ["--no_isolation"], ["--seed", "1"], ["--precision", "bf16"],
+                   ["--threads", "1"], ["--epochs", "2"]):
+        assert fingerprint(*change) != first, change
     for change in (["--jobs", "7"], ["--backend", "dask"], ["--work_dir", "/tmp/elsewhere"]):
-        assert orchestration.results_fingerprint(parser.parse_args(list(map(str, flags)) + change), folder,
-                                                 "lab") == fingerprint, change
-    assert orchestration.results_fingerprint(args, folder, "lab changed") != fingerprint
+        assert fingerprint(*change) == first, change
+    assert fingerprint(lab="lab changed") != first
+    (folder / "checkpoints" / "VAE0label.pth").write_bytes(b"weights")
+    assert fingerprint() != first
+    (folder / "checkpoints" / "VAE0label.pth").unlink()
+    (folder / "checkpoints" / "VAE0label.pth").symlink_to("/etc/passwd")  # a link counts as its target's name
+    assert fingerprint() not in (first, fingerprint(lab="x"))
 
 
 def test_a_saved_result_comes_back_only_for_its_own_fingerprint(tmp_path):
