@@ -45,7 +45,9 @@ def collect(function, items, **options):
 
 @pytest.mark.parametrize("backend, workers", [("local", 1), ("local", 2), ("dask", 2)])
 def test_every_job_is_reported_once_with_its_result_or_its_error(backend, workers):
+    environment = dict(os.environ)
     finished = collect(square_and_pid, [1, 2, 3, 4], backend=backend, workers=workers)
+    assert dict(os.environ) == environment  # (Dask's nanny sets OMP_NUM_THREADS=1 and more here: undone)
     assert sorted(i for i, _, _ in finished) == [0, 1, 2, 3]
     by_index = {i: (result, error) for i, result, error in finished}
     assert [by_index[i][0][0] for i in (0, 1, 3)] == [1, 4, 16]

@@ -19,6 +19,7 @@ Dask sends `function` by reference: it must be importable on the workers (the la
 system, the workers started with it on their PYTHONPATH).
 """
 import logging
+import os
 import uuid
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -82,6 +83,18 @@ def _collect(pending: dict, on_done) -> None:
 
 
 def _run_dask(function, items, on_done, workers, scheduler, name):
+    # Dask's nanny writes its workers' settings (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_, a hash seed)
+    # into this process's environment too; everything started from here afterwards (train.py, phases)
+    # would inherit them, and train with other threads than asked. Put the environment back.
+    environment = dict(os.environ)
+    try:
+        _submit_and_collect(function, items, on_done, workers, scheduler, name)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+def _submit_and_collect(function, items, on_done, workers, scheduler, name):
     client, cluster = dask_client(workers, scheduler)
     from distributed import as_completed
     try:
