@@ -16,6 +16,7 @@ class Task:
     samples_per_label: int  # samples inference.py writes per label (and grade.py expects)
     cap: float              # the most the grade can be
     weights: tuple          # (SSIM, max(0.1 - MSE, 0), max(10 - FID, 0)) weights of the grade
+    epochs: int             # the shipped recipe's epochs: train.py's and the autograder's default for the task
 
     def raw_grade(self, ssim: float, mse: float, fid: float = None) -> float:
         """The lab's weighted sum, before the compression bonus and the cap."""
@@ -26,9 +27,9 @@ class Task:
 # The handout's scripts spelled VAE0label "VAEwolabel"; a scanned copy reads "VAEOlabel".
 TASK_RECORDS = {
     "VAE0label": Task("VAE0label", ("VAEwolabel", "VAEOlabel"), "VAE", conditional=False, samples_per_label=10,
-                      cap=10.0, weights=(5, 50, 0)),
+                      cap=10.0, weights=(5, 50, 0), epochs=6),
     "Genwithlabel": Task("Genwithlabel", (), "GenModel", conditional=True, samples_per_label=100,
-                         cap=30.0, weights=(10, 100, 1)),
+                         cap=30.0, weights=(10, 100, 1), epochs=10),
 }
 TASKS = tuple(TASK_RECORDS)
 TASK_ALIASES = {alias: task.name for task in TASK_RECORDS.values() for alias in task.aliases}

@@ -1,7 +1,7 @@
 """Train the model of a task and save it.
 
     python train.py --task VAE0label
-    python train.py --task Genwithlabel --latent_dim 8 --epochs 10
+    python train.py --task Genwithlabel --latent_dim 8 --epochs 10   # another recipe
     python train.py --task VAE0label --model demo              # model.py's MLP instead
     python train.py --task Genwithlabel --load_from_checkpoint  # resume run checkpoints/Genwithlabel/run/
 
@@ -18,17 +18,18 @@ from pathlib import Path
 import torch
 
 from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
-from tasks import MODEL_FOR_TASK, TASKS, canonical_task
+from tasks import MODEL_FOR_TASK, TASK_RECORDS, TASKS, canonical_task
 from checkpoint import epoch_number, newest_run_checkpoint
 from hardware import configure_process, has_fast_bf16
 from trainer import Trainer, TrainConfig, TrainingInterrupted
 
-DEFAULTS = TrainConfig()
+DEFAULTS = TrainConfig(epochs=0, task="")  # epochs 0: each task's own (tasks.py)
 
 HELP = {
     "latent_dim": "size of the code z; the compression bonus is 0.2 + (1 - latent_dim/784)",
     "batch_size": "images per optimiser step",
-    "epochs": "total epochs (a resumed run continues up to this number)",
+    "epochs": "total epochs (a resumed run continues up to this number); 0: the task's recipe, "
+              + ", ".join(f"{name} {task.epochs}" for name, task in TASK_RECORDS.items()),
     "lr": "Adam learning rate",
     "lr_schedule": "constant, or cosine (decays to lr/20 over the run)",
     "var": "decoder variance in vae_loss: the reconstruction term is ||x - recon_x||^2 / (2 var)",

@@ -25,7 +25,7 @@ from checkpoint import (CHECKPOINT_FORMAT, INTERRUPTED, capture_rng, export_path
 from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from hardware import PRECISIONS, pick_autocast_dtype, pick_device, precision_name
 from submission import vae_loss
-from tasks import LATENT_RANGE
+from tasks import LATENT_RANGE, TASK_RECORDS
 
 # The loss curve of a run in progress is redrawn at most this often (Trainer.end_epoch).
 PLOT_EVERY_S = 30.0
@@ -34,10 +34,10 @@ class TrainConfig:
     """Every training setting; train.py makes one flag per field, with these defaults."""
     task: str = "VAE0label"
     model: str = "submission.VAE"
-    latent_dim: int = 8
-    batch_size: int = 128
-    epochs: int = 14
-    lr: float = 2e-3
+    latent_dim: int = 24
+    batch_size: int = 256
+    epochs: int = 0  # 0: the task's recipe (tasks.py), set by __post_init__
+    lr: float = 3e-3
     lr_schedule: str = "cosine"
     var: float = 0.01
     pred_step: int = 200
@@ -49,6 +49,10 @@ class TrainConfig:
     save_dir: str = "checkpoints/VAE0label/run"
     train_data: str = "train"
     valid_data: str = "valid"
+
+    def __post_init__(self):
+        if self.epochs == 0 and self.task in TASK_RECORDS:
+            self.epochs = TASK_RECORDS[self.task].epochs
 
     def check(self) -> None:
         """Refuse settings that cannot train, with the fix in the message."""

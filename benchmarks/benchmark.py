@@ -65,8 +65,7 @@ def main(argv=None):
     parser.add_argument("--out_dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--latent_dims", nargs="+", type=int, default=[2, 4, 8, 16, 32])
     parser.add_argument("--epochs", type=int, default=8,
-                        help=f"epochs per sweep run (default 8, about half of train.py's {sweep.DEFAULTS.epochs}, "
-                             f"so the sweep fits half an hour)")
+                        help="epochs per sweep run (default 8: the sweep's latent_dims in about half an hour)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (default: all)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)

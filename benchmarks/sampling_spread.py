@@ -1,15 +1,18 @@
 """How wide should a generator's draws be? The simplified FID against the label accuracy of the samples
-when every class's code covariance of the shipped GenModel is scaled by t^2 (t = 1: the model as shipped).
+when GenModel draws inside each component of its per-class mixtures at t times the component's width
+(submission.GenModel's `spread`; the shipped model draws at 0.85).
 
-    python benchmarks/sampling_spread.py                       # valid split, t = 0.9 ... 1.4
-    python benchmarks/sampling_spread.py --split test --spread 1.0 1.1
+    python benchmarks/sampling_spread.py                       # valid split, t = 0.8 ... 1.0
+    python benchmarks/sampling_spread.py --split test --spread 0.85 1.0
 
-GenModel decodes z ~ N(0, I) as z_c = m_c + t L_c z, where L_c L_c^T is the covariance of class c's
-codes. Wider draws (t > 1) give samples whose pixel variance is closer to the real digits' (the lab's
-simplified FID compares per-pixel means and variances), but more of them leave the region the decoder
-was trained on and stop looking like their label. Samples: 100 per label, seed 42, as inference.py
-draws them; FID: the mean over labels of data_utils.cal_fid against the split's digits of that label;
-label accuracy: the share the shipped classifier (classifier.py) reads as the label asked for.
+GenModel decodes z ~ N(0, I) as m_ck + t L_ck z[1:], with component k of class c picked by z[0] and
+L_ck L_ck^T its covariance. Wider draws (larger t) give samples whose pixel variance is closer to the
+real digits' (the lab's simplified FID compares per-pixel means and variances), but more of them come
+from the rims of the components, where the odd digits are, and stop looking like their label. Samples:
+100 per label, seed 42, as inference.py draws them; FID: the mean over labels of data_utils.cal_fid
+against the split's digits of that label; label accuracy: the share the shipped classifier
+(classifier.py) reads as the label asked for, overall and for the label read worst. The grade's other
+terms (SSIM, MSE) come from reconstructions, which t does not change.
 """
 import argparse
 import sys
@@ -31,33 +34,32 @@ def main(argv=None):
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint("Genwithlabel"),
                         help="a GenModel checkpoint (default: the shipped one)")
     parser.add_argument("--split", default="valid", help="the real digits compared with (default %(default)s)")
-    parser.add_argument("--spread", type=float, nargs="+", default=[0.9, 1.0, 1.1, 1.2, 1.3, 1.4],
+    parser.add_argument("--spread", type=float, nargs="+", default=[0.8, 0.85, 0.9, 0.95, 1.0],
                         help="values of t (default %(default)s)")
     parser.add_argument("--per_label", type=int, default=100, help="samples per label (default %(default)s)")
     args = parser.parse_args(argv)
     model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint).eval()
     statistics = getattr(model, "code_statistics", None)
-    if statistics is None:
-        raise LabError(f"{args.checkpoint} holds no per-class code statistics (submission.GenModel's): nothing to widen")
+    if statistics is None or not hasattr(statistics, "spread"):
+        raise LabError(f"{args.checkpoint} holds no per-class mixtures with a spread (submission.GenModel's): "
+                       f"nothing to widen")
     images, labels = load_split(args.split)
     classifier, _ = load_classifier()
-    mean, second_moment = statistics.mean.clone(), statistics.second_moment.clone()
-    outer = mean[:, :, None] * mean[:, None, :]
     print(f"{args.checkpoint}, {args.per_label} samples per label, compared with {args.split}")
     for spread in args.spread:
-        statistics.second_moment.copy_((second_moment - outer) * spread ** 2 + outer)  # covariance x t^2
+        statistics.spread = spread
         generator = torch.Generator().manual_seed(42)
-        fids, correct = [], 0
+        fids, correct = [], []
         with torch.no_grad():
             for label in range(NUM_CLASSES):
                 z = torch.randn(args.per_label, model.latent_dim, generator=generator)
                 samples = to_uint8(model.decode(z, label))
                 real = images[labels == label].reshape(-1, IMAGE_PIXELS) / 255.0
                 fids.append(cal_fid(real, samples.reshape(-1, IMAGE_PIXELS) / 255.0))
-                correct += int((classify(classifier, samples)[1] == label).sum())
-        print(f"t = {spread:.2f}: simplified FID {np.mean(fids):.3f}, label accuracy "
-              f"{100 * correct / (NUM_CLASSES * args.per_label):.1f}%", flush=True)
-    statistics.second_moment.copy_(second_moment)
+                correct.append(float((classify(classifier, samples)[1] == label).mean()))
+        worst = int(np.argmin(correct))
+        print(f"t = {spread:.2f}: simplified FID {np.mean(fids):.3f}, label accuracy {100 * np.mean(correct):.1f}% "
+              f"(lowest: label {worst}, {100 * correct[worst]:.0f}%)", flush=True)
 
 
 if __name__ == "__main__":

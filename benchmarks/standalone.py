@@ -21,7 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data_utils import NUM_CLASSES, MNISTDataset, cal_fid, load_split, run_cli, to_uint8  # noqa: E402
 
-SETTINGS = {"latent_dim": 8, "batch_size": 128, "lr": 2e-3, "var": 0.01}
+from trainer import TrainConfig  # noqa: E402
+
+# train.py's defaults, but a constant learning rate (the handout's loop has no schedule)
+SETTINGS = {name: getattr(TrainConfig, name) for name in ("latent_dim", "batch_size", "lr", "var")}
 
 
 def handout_loop(epochs: int, limit: int, seed: int = 42):
@@ -45,7 +48,7 @@ def handout_loop(epochs: int, limit: int, seed: int = 42):
 
 
 def lab_trainer(epochs: int, limit: int, seed: int = 42):
-    from trainer import Trainer, TrainConfig
+    from trainer import Trainer
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as folder:
         config = TrainConfig(task="Genwithlabel", model="submission.GenModel", epochs=epochs, lr_schedule="constant",
@@ -63,7 +66,7 @@ def sample_fid(model, per_label: int = 100, seed: int = 42) -> float:
     generator = torch.Generator().manual_seed(seed)
     fids = []
     for label in range(NUM_CLASSES):
-        z = torch.randn(per_label, SETTINGS["latent_dim"], generator=generator)
+        z = torch.randn(per_label, model.latent_dim, generator=generator)
         samples = to_uint8(model.decode(z, torch.full((per_label,), label)).reshape(-1, 28, 28))
         fids.append(cal_fid(images[labels == label] / 255.0, samples / 255.0))
     return float(np.mean(fids))

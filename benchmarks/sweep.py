@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--latent_dim", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--var", nargs="+", type=float, default=[DEFAULTS.var / 2, DEFAULTS.var, DEFAULTS.var * 2])
     parser.add_argument("--lr", nargs="+", type=float, default=[DEFAULTS.lr])
-    parser.add_argument("--epochs", nargs="+", type=int, default=[DEFAULTS.epochs])
+    parser.add_argument("--epochs", nargs="+", type=int, default=[0], help="0: each task's recipe (tasks.py)")
     parser.add_argument("--split", default="valid", help="split to infer on and grade (default valid)")
     parser.add_argument("--out", type=Path, default=ROOT / "sweeps" / "sweep",
                         help="path prefix of OUT.csv, OUT.md, OUT.png and OUT_runs/")

@@ -32,7 +32,7 @@ MUTANTS = [
      "            pass\n", ["tests/test_models.py"]),
     ("decode draws from N(0, I), not the class's statistics", "submission.py",
      "return self.decoder(self.code_statistics.colour(z, labels), self.one_hot(labels, len(z), z.device))",
-     "return self.decoder(z, self.one_hot(labels, len(z), z.device))", ["tests/test_models.py"]),
+     "return self.decoder(z[:, 2:], self.one_hot(labels, len(z), z.device))", ["tests/test_models.py"]),
     ("simplified FID without the 2 of 2 sqrt(v v)", "data_utils.py", "- 2 * np.sqrt(var_gen * var_real)",
      "- np.sqrt(var_gen * var_real)", ["tests/test_grade.py"]),
     ("simplified FID with the sample variance", "data_utils.py", "var_real, var_gen = real.var(axis=0), gen.var(axis=0)",
@@ -82,7 +82,7 @@ MUTANTS = [
      "        except ZeroDivisionError as error:\n            traceback.print_exc()",
      ["tests/test_autograde.py::test_a_task_failing_in_a_phase_leaves_the_other_task_graded"]),
     ("the code statistics pull a class absent from the batch towards 0", "submission.py",
-     "weight = self.momentum * (counts > 0).float()", "weight = self.momentum * torch.ones_like(counts)",
+     "seen = (batch_count.sum(dim=1) > 0).float()", "seen = torch.ones_like(batch_count[:, 0])",
      ["tests/test_models.py"]),
     ("the entry points' malloc setting leaves large blocks mapped anew each time", "hardware.py",
      "results = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), ", "results = [1, ",
@@ -135,6 +135,14 @@ MUTANTS = [
      "on_done(futures[future], None if error else future.result(), error)",
      "on_done(0, None if error else future.result(), error)",
      ["tests/test_jobs.py::test_every_job_is_reported_once_with_its_result_or_its_error"]),
+    ("the mixture's components picked by the cumulative weights of the wrong side", "submission.py",
+     "index = torch.searchsorted(upper, torch.special.ndtr(z)[:, None], right=True)",
+     "index = torch.searchsorted(upper, 1 - torch.special.ndtr(z)[:, None], right=True)", ["tests/test_models.py"]),
+    ("each code joins the farthest component of its class", "submission.py",
+     ".pow(2).sum(dim=-1).argmin(dim=1)", ".pow(2).sum(dim=-1).argmax(dim=1)", ["tests/test_models.py"]),
+    ("a class's first batch not dealt out: every code to component 0", "submission.py",
+     "dealt = torch.arange(len(codes), device=codes.device) % components",
+     "dealt = torch.zeros(len(codes), dtype=torch.long, device=codes.device)", ["tests/test_models.py"]),
 ]
 
 

@@ -29,6 +29,7 @@ from conftest import ROOT, first_images
 from data_utils import LabError, atomic_torch_save, load_split
 from tools import autograde, kit, sandbox
 from tools.autograde import integrity, orchestration, phases, reports, similarity
+from trainer import TrainConfig
 
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
 # Two honest styles, each exercising a path of the grader that the cheats do not: a latent_dim other than
@@ -239,10 +240,11 @@ def test_the_reference_answer_is_graded_unflagged_from_its_shipped_checkpoints(g
     assert row["errors"] == "" and row["integrity"] == ""
     for task in ("VAE0label", "Genwithlabel"):
         entry = record["tasks"][task]
-        assert row[f"{task}_source"] == "handed in" and entry["latent_dim"] == 8
+        shipped = TrainConfig.latent_dim  # the shipped checkpoints were trained with train.py's default
+        assert row[f"{task}_source"] == "handed in" and entry["latent_dim"] == shipped
         assert row[f"{task}_precision"] == ""  # trained on the student's machine, not here
         assert entry["bypass_check"]["ratio"] == pytest.approx(1.0, abs=0.01)
-        assert float(row[f"{task}_grade"]) == recompute(graded["base"], "reference", task, 8, tiny_valid)["score"]
+        assert float(row[f"{task}_grade"]) == recompute(graded["base"], "reference", task, shipped, tiny_valid)["score"]
     assert float(row["VAE0label_grade"]) == 10.0
 
 
@@ -703,7 +705,7 @@ def test_checkpoints_are_inspected_without_running_code_and_hold_only_what_the_c
     atomic_torch_save(trainer.checkpoint(with_training_state=False), good)
     model, latent_dim, facts = script.inspect_checkpoint(good, "Genwithlabel")
     assert latent_dim == 4 and facts["latent_dim"] == 4 and facts["precision"] in ("fp32", "bf16")
-    assert torch.equal(model.state_dict()["decoder.fc.0.weight"], trainer.model.state_dict()["decoder.fc.0.weight"])
+    assert torch.equal(model.state_dict()["decoder.body.0.weight"], trainer.model.state_dict()["decoder.body.0.weight"])
     with pytest.raises(LabError, match=r"has latent_dim 4, not 8"):
         script.inspect_checkpoint(good, "Genwithlabel", latent_dim=8)
     with pytest.raises(LabError, match=r"checkpoints/VAE0label.pth is a Genwithlabel checkpoint"):
@@ -718,8 +720,8 @@ def test_checkpoints_are_inspected_without_running_code_and_hold_only_what_the_c
             (dict(task="VAE0label", model="model.VAE"), "holds a model.VAE model, not submission.VAE"),
             (dict(model_state_dict=dict(saved["model_state_dict"], bank=torch.zeros(200, 784))),
              r"does not hold the tensors GenModel\(latent_dim=4\) creates \(extra: \['bank'\]"),
-            (dict(model_state_dict=dict(saved["model_state_dict"], **{"decoder.fc.0.weight": torch.zeros(300, 14)})),
-             r"decoder.fc.0.weight is torch.float32 \[300, 14\], GenModel creates torch.float32 \[256, 14\]")):
+            (dict(model_state_dict=dict(saved["model_state_dict"], **{"decoder.body.0.weight": torch.zeros(300, 12)})),
+             r"decoder.body.0.weight is torch.float32 \[300, 12\], GenModel creates torch.float32 \[256, 12\]")):
         torch.save(dict(saved, **change), tmp_path / "changed.pth")
         task = change.get("task", "Genwithlabel")
         with pytest.raises(LabError, match=message):

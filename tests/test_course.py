@@ -50,7 +50,7 @@ def test_stripped_file_differs_from_the_solution_only_inside_the_markers(solutio
     outside = [line for i, line in enumerate(old) if i not in inside]
     assert [line for line in new if "TODO" not in line and line.strip() != "pass"] == outside
     assert not any(BEGIN_MARKER.match(line) or END_MARKER.match(line) for line in new)
-    for answer in ("nn.Conv2d", "log_var.exp()", "torch.randn_like", "self.decoder(z, condition)"):
+    for answer in ("nn.Linear(IMAGE_PIXELS + extra_features", "log_var.exp()", "torch.randn_like", "self.decoder(z, condition)"):
         assert answer in solution and answer not in stripped
     compile(stripped, "submission.py", "exec")
 
@@ -122,7 +122,7 @@ def test_kit_contents(kit, solution):
     images, labels = load_split(kit / "dataset" / "valid.npz")
     assert images.shape == (10_000, 28, 28) and len(labels) == 10_000
     note = (kit / course.STARTER_NOTE).read_text()
-    assert "ConvEncoder.forward" in note and "dataset/test.npz" in note and "tests/" in note
+    assert "Encoder.forward" in note and "dataset/test.npz" in note and "tests/" in note
     compile((kit / "check_submission.py").read_text(), "check_submission.py", "exec")
     with pytest.raises(LabError, match="not an empty folder"):
         course.write_starter(kit)
@@ -130,11 +130,11 @@ def test_kit_contents(kit, solution):
 
 def test_starter_imports_builds_and_stubs_name_their_section(starter):
     vae, gen = starter.VAE(latent_dim=8), starter.GenModel(latent_dim=4)   # building works
-    starter.ConvEncoder(8), starter.ConvDecoder(8)
+    starter.Encoder(8), starter.Decoder(8)
     x, z, labels = torch.rand(2, 1, 28, 28), torch.randn(2, 8), torch.tensor([1, 2])
     calls = {
-        ("2.2.2", "ConvEncoder.forward"): lambda: vae.encode(x),
-        ("2.2.3", "ConvDecoder.forward"): lambda: vae.decode(z, 3),
+        ("2.2.2", "Encoder.forward"): lambda: vae.encode(x),
+        ("2.2.3", "Decoder.forward"): lambda: vae.decode(z, 3),
         ("2.2.4", "VAE.forward"): lambda: vae(x, labels),
         ("2.2.4", "VAE.reparameterize"): lambda: vae.reparameterize(z, z),
         ("2.3", "vae_loss"): lambda: starter.vae_loss(x, x, z, z),

@@ -222,8 +222,8 @@ def test_the_shipped_generator_draws_the_label_asked_for(classifier):
     from tasks import default_checkpoint
     path = default_checkpoint("Genwithlabel")
     model = model_from_checkpoint(load_checkpoint(path), path).eval()
-    decoder = contract.Decoder(model, latent_dim=8)
-    samples = inference.generate(decoder, 8, per_label=40, seed=1, device=torch.device("cpu"))
+    decoder = contract.Decoder(model, latent_dim=model.latent_dim)
+    samples = inference.generate(decoder, model.latent_dim, per_label=40, seed=1, device=torch.device("cpu"))
     assert samples.shape == (10, 40, 28, 28) and samples.dtype == np.uint8
     _, predictions = clf.classify(classifier[0], samples.reshape(-1, 28, 28))
     correct = predictions.reshape(10, 40) == np.arange(10)[:, None]

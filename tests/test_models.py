@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 import model as demo
-from submission import GenModel, VAE, vae_loss
+import submission
+from submission import ClassCodeStatistics, GenModel, VAE, vae_loss
 
 MODELS = {"VAE": lambda: VAE(latent_dim=5), "GenModel": lambda: GenModel(latent_dim=5),
           "demo": lambda: demo.VAE(latent_dim=5)}
@@ -79,7 +80,8 @@ def test_reconstruction_depends_on_the_image_only_through_its_code(name, monkeyp
     model = MODELS[name]().eval()
     x, labels = batch(2)
     assert not torch.equal(x[0], x[1])
-    code = torch.randn(1, 5).expand(2, 5)
+    width = 3 if name == "GenModel" else 5  # GenModel's encoder writes latent_dim - 2 numbers (two pick a component)
+    code = torch.randn(1, width).expand(2, width)
     same_label = labels[:1].expand(2)
     honest_recon, _, _ = model(x, same_label)
     assert (honest_recon[0] - honest_recon[1]).abs().max() > 2e-5  # control: different codes, different outputs
@@ -129,48 +131,118 @@ def test_vae_loss_default_var_and_gradients():
     assert recon_x.grad is not None and torch.all(mu.grad == 0)
 
 
-def test_genmodel_keeps_running_class_statistics_and_whitens_its_codes():
-    """Train-mode forward moves each class's running mean and second moment 1% towards the batch's
-    (computed here by hand); eval-mode forward returns L^-1 (mu - m), the coordinates decode reads."""
+def by_hand(codes, labels, component, classes, components):
+    """count, sum and sum of outer products of each (class, component) group, with Python loops."""
+    dim = codes.shape[1]
+    count, total, outer = torch.zeros(classes, components), torch.zeros(classes, components, dim), \
+        torch.zeros(classes, components, dim, dim)
+    for code, c, k in zip(codes, labels.tolist(), component):
+        count[c, k] += 1
+        total[c, k] += code
+        outer[c, k] += torch.outer(code, code)
+    return count, total, outer
+
+
+def test_the_class_mixture_deals_out_a_first_batch_then_follows_the_nearest_means():
+    """A class's first batch goes to the components in turn (batch position mod K) and sets the
+    statistics whole; later batches join each code to its class's nearest mean and move the
+    count, sum and sum of outer products `momentum` of the way; a class absent from a batch stays."""
     torch.manual_seed(0)
-    model = GenModel(latent_dim=3)
-    x, labels = batch(64)
-    labels = labels % 9  # no 9 in the batch
+    stats = ClassCodeStatistics(2, 3, components=2, momentum=0.25)
+    codes, labels = torch.randn(12, 2), torch.tensor([0, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1, 1])  # no class 2
+    stats.update(codes, labels)
+    count, total, outer = by_hand(codes, labels, [i % 2 for i in range(12)], 3, 2)
+    assert torch.allclose(stats.count, count) and torch.allclose(stats.total, total, atol=1e-6)
+    assert torch.allclose(stats.total_outer, outer, atol=1e-6)
+    assert torch.equal(stats.count[2], torch.zeros(2))
+    means = total / (count + ClassCodeStatistics.PRIOR)[..., None]
+    more_codes, more_labels = torch.randn(8, 2) * 2, torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    nearest = [int(((code - means[c]) ** 2).sum(1).argmin()) for code, c in zip(more_codes, more_labels.tolist())]
+    stats.update(more_codes, more_labels)
+    count2, total2, outer2 = by_hand(more_codes, more_labels, nearest, 3, 2)
+    assert torch.allclose(stats.count[:2], 0.75 * count[:2] + 0.25 * count2[:2])
+    assert torch.allclose(stats.total[:2], 0.75 * total[:2] + 0.25 * total2[:2], atol=1e-6)
+    assert torch.allclose(stats.total_outer[:2], 0.75 * outer[:2] + 0.25 * outer2[:2], atol=1e-6)
+    assert torch.equal(stats.count[2], torch.zeros(2))
+
+
+def set_mixture(stats, label, weights, means, covs):
+    """Statistics of class `label` that hold exactly these components (counts = weights)."""
+    for k, (w, m, cov) in enumerate(zip(weights, means, covs)):
+        stats.count[label, k] = w
+        stats.total[label, k] = w * m
+        stats.total_outer[label, k] = w * (cov + torch.outer(m, m))
+
+
+def test_genmodel_samples_each_class_mixture_with_its_weights():
+    """decode(z, c): the components form a grid (4 of them: 2 x 2); z[:, 0] picks the row whose
+    slice of N(0, 1)'s probability Phi(z0) falls in (slices as wide as the rows' weights), z[:, 1]
+    the column within the row (slices as wide as the columns' shares of the row), and z[:, 2:] is
+    coloured by that component: m_k + L_k (0.8 z[:, 2:]), 0.8 being GenModel's default spread."""
+    torch.manual_seed(0)
+    model = GenModel(latent_dim=4, components=4).eval()
+    assert model.code_statistics.grid == (2, 2)
+    means = [torch.tensor([3.0, -1.0]), torch.tensor([-2.0, 0.5]), torch.tensor([0.0, 4.0]), torch.tensor([1.0, 1.0])]
+    covs = [torch.tensor([[4.0, 1.0], [1.0, 2.0]]), torch.tensor([[1.0, -0.3], [-0.3, 0.5]]),
+            torch.eye(2) * 0.25, torch.tensor([[2.0, 0.0], [0.0, 0.1]])]
+    set_mixture(model.code_statistics, 7, [1000.0, 2000.0, 3000.0, 4000.0], means, covs)  # PRIOR negligible
+    # weights 0.1 0.2 | 0.3 0.4: row 0 owns [0, 0.3) of the first number's probability, row 1 the rest;
+    # within row 0 the columns own [0, 1/3) and [1/3, 1), within row 1 [0, 3/7) and [3/7, 1)
+    cases = [(0.2, 0.5, 1), (0.2, 0.3, 0), (0.5, 0.4, 2), (0.5, 0.45, 3), (0.99, 0.01, 2), (0.29, 0.9, 1)]
+    style = torch.randn(len(cases), 2)
+    z = torch.cat([torch.special.ndtri(torch.tensor([[a, b] for a, b, _ in cases])), style], 1)
+    expected = torch.stack([means[k] + torch.linalg.cholesky(covs[k]) @ (0.8 * eps)
+                            for (_, _, k), eps in zip(cases, style)])
+    expected = model.decoder(expected, F.one_hot(torch.full((len(cases),), 7), 10).float())
+    assert torch.allclose(model.decode(z, 7), expected, atol=1e-4)
+
+
+def test_genmodel_eval_codes_sit_mid_slice_and_survive_the_autograders_perturbation():
+    """Eval forward returns z[:, 0] and z[:, 1] in the middles of the row's and the column's slices
+    of the nearest component, and z[:, 2:] = L^-1 (mu - m) / 0.8 (the spread); moving every number
+    by 5% of its spread over the codes (the autograder's perturbation check) leaves all but a few
+    codes in their component, with the 20 components GenModel has by default."""
+    torch.manual_seed(0)
+    model = GenModel(latent_dim=5)
     stats = model.code_statistics
-    raw_mu, raw_log_var = model.encoder(x, F.one_hot(labels, 10).float())
-    raw_mu, raw_log_var = raw_mu.detach(), raw_log_var.detach()
-    model(x, labels)
-    for c in labels.unique():
-        codes = raw_mu[labels == c]
-        assert torch.allclose(stats.mean[c], 0.01 * codes.mean(0), atol=1e-6)
-        outer = sum(torch.outer(v, v) for v in codes) / len(codes)
-        assert torch.allclose(stats.second_moment[c], 0.99 * torch.eye(3) + 0.01 * outer, atol=1e-6)
-    absent = [c for c in range(10) if c not in labels.tolist()]
-    assert absent == [9]
-    for c in absent:  # classes not in the batch keep N(0, I)
-        assert torch.equal(stats.mean[c], torch.zeros(3)) and torch.equal(stats.second_moment[c], torch.eye(3))
+    assert stats.grid == (4, 5)
+    x, labels = batch(2000)
+    x = (x < 0.2).float() * x  # images with more structure than uniform noise
+    for _ in range(30):
+        model(x, labels)
     model.eval()
-    _, eps, eps_log_var = model(x, labels)
-    c = int(labels[0])
-    cov = stats.second_moment[c].double() - torch.outer(stats.mean[c].double(), stats.mean[c].double())
-    L = torch.linalg.cholesky(cov + 1e-6 * torch.eye(3, dtype=torch.float64))
-    expected = torch.linalg.solve(L, raw_mu[0].double() - stats.mean[c].double())
-    assert torch.allclose(eps[0].double(), expected, atol=1e-5)
-    expected_var = (torch.linalg.inv(L) ** 2) @ raw_log_var[0].double().exp()
-    assert torch.allclose(eps_log_var[0].double(), expected_var.log(), atol=1e-5)
+    mu, _ = model.encoder(x, F.one_hot(labels, 10).float())
+    _, z, z_log_var = model(x, labels)
+    rows, columns = stats.grid_weights(labels)
+    for i in range(5):
+        c = int(labels[i])
+        k = int(((mu[i] - stats.means()[c]) ** 2).sum(1).argmin())
+        row, column = divmod(k, 5)
+        row_middle = rows[i, :row].sum() + rows[i, row] / 2
+        column_middle = columns[i, row, :column].sum() + columns[i, row, column] / 2
+        assert torch.special.ndtr(z[i, 0]).item() == pytest.approx(row_middle.item(), abs=1e-5)
+        assert torch.special.ndtr(z[i, 1]).item() == pytest.approx(column_middle.item(), abs=1e-5)
+        mean, scale_tril = stats.component(torch.tensor([c]), torch.tensor([k]))
+        expected = torch.linalg.solve(scale_tril[0], mu[i].double() - mean[0]) / 0.8
+        assert torch.allclose(z[i, 2:].double(), expected, atol=1e-4)
+    assert torch.isfinite(z_log_var).all()
+    from tools.autograde.integrity import perturbed_codes
+    moved = torch.from_numpy(perturbed_codes(z.detach().numpy(), np.random.default_rng(0)))
+
+    def component(codes):
+        row = submission.slice_of(codes[:, 0].double(), rows)
+        return row * 5 + submission.slice_of(codes[:, 1].double(), columns[torch.arange(len(codes)), row])
+    assert torch.equal(component(z.detach()), stats.nearest(mu, labels))
+    assert (component(moved) != component(z.detach())).float().mean() < 0.02
 
 
-def test_genmodel_samples_from_each_class_fitted_gaussian():
-    """decode(z ~ N(0, I), c) decodes m_c + L_c z: set the statistics by hand and compare."""
-    torch.manual_seed(0)
-    model = GenModel(latent_dim=2).eval()
-    mean, cov = torch.tensor([3.0, -1.0]), torch.tensor([[4.0, 1.0], [1.0, 2.0]])
-    model.code_statistics.mean[7] = mean
-    model.code_statistics.second_moment[7] = cov + torch.outer(mean, mean)
-    z = torch.randn(5, 2)
-    L = torch.linalg.cholesky(cov)
-    expected = model.decoder(mean + z @ L.T, F.one_hot(torch.full((5,), 7), 10).float())
-    assert torch.allclose(model.decode(z, 7), expected, atol=1e-5)
+def test_an_untrained_genmodel_draws_from_n01_at_its_spread_and_needs_three_latent_numbers():
+    model = GenModel(latent_dim=4).eval()
+    z = torch.randn(5, 4)
+    expected = model.decoder(0.8 * z[:, 2:], F.one_hot(torch.full((5,), 2), 10).float())
+    assert torch.allclose(model.decode(z, 2), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="latent_dim >= 3"):
+        GenModel(latent_dim=2)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -194,7 +266,7 @@ def test_genmodel_needs_no_hook_of_our_trainer():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import standalone
     torch.manual_seed(0)
-    untrained = standalone.sample_fid(GenModel(latent_dim=8).eval())
+    untrained = standalone.sample_fid(GenModel().eval())
     bare = standalone.sample_fid(standalone.handout_loop(epochs=1, limit=4000))
     ours = standalone.sample_fid(standalone.lab_trainer(epochs=1, limit=4000))
     assert bare < untrained / 2 and ours < untrained / 2

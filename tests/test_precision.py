@@ -35,18 +35,21 @@ def test_the_class_code_statistics_stay_fp32_under_autocast():
     """Under bf16 autocast the per-class products would come out in bf16 (and lerp_ into the fp32
     buffers refused them): the statistics must be exactly those computed without autocast."""
     torch.manual_seed(0)
-    codes, labels = torch.randn(64, 5), torch.randint(0, 10, (64,))
+    batches = [(torch.randn(64, 5), torch.randint(0, 10, (64,))) for _ in range(2)]
     plain, autocast = ClassCodeStatistics(5, 10, momentum=0.5), ClassCodeStatistics(5, 10, momentum=0.5)
-    plain.update(codes, labels)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast.update(codes.bfloat16(), labels)  # what an encoder under autocast hands over
-    assert autocast.mean.dtype == autocast.second_moment.dtype == torch.float32
     plain_bf16_codes = ClassCodeStatistics(5, 10, momentum=0.5)
-    plain_bf16_codes.update(codes.bfloat16().float(), labels)
-    assert torch.equal(autocast.mean, plain_bf16_codes.mean)
-    assert torch.equal(autocast.second_moment, plain_bf16_codes.second_moment)
-    # and the moments are those of the codes: class 3's mean moved half way from 0 to its batch mean
-    assert torch.allclose(plain.mean[3], 0.5 * codes[labels == 3].mean(0), atol=1e-6)
+    for codes, labels in batches:  # the first batch of each class, then a running update
+        plain.update(codes, labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast.update(codes.bfloat16(), labels)  # what an encoder under autocast hands over
+        plain_bf16_codes.update(codes.bfloat16().float(), labels)
+    for name in ("count", "total", "total_outer"):
+        assert getattr(autocast, name).dtype == torch.float32
+        assert torch.equal(getattr(autocast, name), getattr(plain_bf16_codes, name))
+    # and the sums are those of the codes: class 3's codes of both batches, the older half weighted
+    (first, first_labels), (second, second_labels) = batches
+    expected = 0.5 * first[first_labels == 3].sum(0) + 0.5 * second[second_labels == 3].sum(0)
+    assert torch.allclose(plain.total[3].sum(0), expected, atol=1e-5)
 
 
 # ---------------------------------------------------------------- the reference models and the demo, end to end

@@ -20,6 +20,10 @@ from data_utils import NUM_CLASSES, load_split
 # recon-bypasses-code. (The margin keeps grades near 0, as after a tiny budget, from flagging on noise.)
 BYPASS_TOLERANCE = 0.02
 MARGIN_POINTS = 0.1
+# The lower of forward's and decode's scores is graded, except that decode's counts only when it is lower
+# by more than ROUNDING_POINTS: an honest model whose one-sample decode sums in another order than its
+# batched forward moves a pixel or two by one grey level (about 1e-6 points), which is not a mark.
+ROUNDING_POINTS = 1e-3
 # Codes are moved by PERTURBATION times the spread (standard deviation over the graded images) of each
 # of their numbers before a second decode. An honest decoder, trained on codes drawn with the
 # posterior's noise, barely changes (the shipped models lose 0.4 to 0.6% of their grade at 0.05, 1.4

@@ -24,7 +24,7 @@ from hardware import PRECISIONS
 from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
 from tools.jobs import BACKENDS, run_jobs
-from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION,
+from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION, ROUNDING_POINTS,
                                       REAL_IMAGE_CHECKED, ImageBank, bound_by_decode, calibrate, copy_check,
                                       copy_thresholds, legibility, perturbation_check, real_image_share)
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, PHASE_SCRIPT, Phases, Student,
@@ -151,7 +151,8 @@ class Batch:
             kept[name] = len(images)
         self.budget_train, self.budget_valid = folder / "train.npz", folder / "valid.npz"
         self.train_cpu_seconds = args.train_cpu_seconds or \
-            TRAIN_CPU_BASE_SECONDS + args.epochs * kept["train"] * TRAIN_CPU_SECONDS_PER_IMAGE
+            TRAIN_CPU_BASE_SECONDS + (args.epochs or max(task.epochs for task in TASK_RECORDS.values())) \
+            * kept["train"] * TRAIN_CPU_SECONDS_PER_IMAGE
 
 
 def grade_student(batch: Batch, student: Student) -> dict:
@@ -318,9 +319,10 @@ def grade_task(task, entry, recon, decoded, batch, flags):
     bypass = bound_by_decode(forward, supported, recon, decoded["verified"])
     entry["bypass_check"] = bypass
     # The lower of the two counts, always: a forward a little better than its decode, within the flag's
-    # tolerance, earns nothing by it either. (Honest models: the same arrays; sampling in eval: forward lower.)
+    # tolerance, earns nothing by it either. (Honest models: the same arrays, or a grey level apart in a
+    # pixel or two, within ROUNDING_POINTS; sampling in eval: forward lower.)
     graded, entry["graded_from"] = forward, "forward"
-    if code["flagged"] or supported["score_uncapped"] < forward["score_uncapped"]:
+    if code["flagged"] or supported["score_uncapped"] < forward["score_uncapped"] - ROUNDING_POINTS:
         graded, entry["graded_from"] = supported, supported_name
     if bypass["flagged"]:
         flags.append({"flag": "recon-bypasses-code", "task": task,
@@ -641,7 +643,9 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
     grade.add_argument("--latent_dim", type=int, default=None,
                        help="latent_dim for every model (default: a handed-in checkpoint's, else the student's "
                             f"constructor default read from the source, else {FALLBACK_LATENT_DIM})")
-    grade.add_argument("--epochs", type=int, default=defaults.epochs, help="training budget: epochs")
+    grade.add_argument("--epochs", type=int, default=0,
+                       help="training budget: epochs (default 0: each task's recipe, "
+                            + ", ".join(f"{name} {task.epochs}" for name, task in TASK_RECORDS.items()) + ")")
     grade.add_argument("--train_limit", type=int, default=0, help="training budget: first N training images (0: all)")
     grade.add_argument("--batch_size", type=int, default=defaults.batch_size,
                        help="training budget: images per optimiser step")
