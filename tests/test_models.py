@@ -156,14 +156,35 @@ def test_the_class_mixture_deals_out_a_first_batch_then_follows_the_nearest_mean
     assert torch.allclose(stats.total_outer, outer, atol=1e-6)
     assert torch.equal(stats.count[2], torch.zeros(2))
     means = total / (count + ClassCodeStatistics.PRIOR)[..., None]
-    more_codes, more_labels = torch.randn(8, 2) * 2, torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    more_codes, more_labels = torch.randn(8, 2) * 2, torch.zeros(8, dtype=torch.long)  # class 0 only
     nearest = [int(((code - means[c]) ** 2).sum(1).argmin()) for code, c in zip(more_codes, more_labels.tolist())]
+    assert len(set(nearest)) == 2  # both components get codes
+    before = {name: getattr(stats, name).clone() for name in ("count", "total", "total_outer")}
     stats.update(more_codes, more_labels)
     count2, total2, outer2 = by_hand(more_codes, more_labels, nearest, 3, 2)
-    assert torch.allclose(stats.count[:2], 0.75 * count[:2] + 0.25 * count2[:2])
-    assert torch.allclose(stats.total[:2], 0.75 * total[:2] + 0.25 * total2[:2], atol=1e-6)
-    assert torch.allclose(stats.total_outer[:2], 0.75 * outer[:2] + 0.25 * outer2[:2], atol=1e-6)
-    assert torch.equal(stats.count[2], torch.zeros(2))
+    assert torch.allclose(stats.count[0], 0.75 * count[0] + 0.25 * count2[0])
+    assert torch.allclose(stats.total[0], 0.75 * total[0] + 0.25 * total2[0], atol=1e-6)
+    assert torch.allclose(stats.total_outer[0], 0.75 * outer[0] + 0.25 * outer2[0], atol=1e-6)
+    for name in ("count", "total", "total_outer"):  # classes 1 (seen before) and 2 (never) stay as they were
+        assert torch.equal(getattr(stats, name)[1:], before[name][1:])
+
+
+def test_genmodel_forward_keeps_the_statistics_of_the_encoders_means_in_train_mode_only():
+    torch.manual_seed(0)
+    model = GenModel(latent_dim=4)
+    x, labels = batch(64)
+    mu, _ = model.encoder(x, F.one_hot(labels, 10).float())
+    expected = ClassCodeStatistics(2, 10, components=20)
+    expected.update(mu.detach(), labels)
+    _, returned_mu, returned_log_var = model(x, labels)
+    assert torch.equal(returned_mu[:, :2], torch.zeros(64, 2)) and torch.equal(returned_log_var[:, :2], torch.zeros(64, 2))
+    assert torch.allclose(returned_mu[:, 2:], mu)
+    for name in ("count", "total", "total_outer"):
+        assert torch.allclose(getattr(model.code_statistics, name), getattr(expected, name), atol=1e-6)
+    kept = model.code_statistics.count.clone()
+    model.eval()
+    model(x, labels)
+    assert torch.equal(model.code_statistics.count, kept)
 
 
 def set_mixture(stats, label, weights, means, covs):
