@@ -32,6 +32,8 @@ TASK_RECORDS = {
                          cap=30.0, weights=(10, 100, 1), epochs=10),
 }
 TASKS = tuple(TASK_RECORDS)
+# For --help texts: "VAE0label 6, Genwithlabel 10".
+RECIPE_EPOCHS = ", ".join(f"{name} {task.epochs}" for name, task in TASK_RECORDS.items())
 TASK_ALIASES = {alias: task.name for task in TASK_RECORDS.values() for alias in task.aliases}
 # The code may hold 1 to 784 numbers: a code longer than the image compresses nothing.
 LATENT_RANGE = (1, IMAGE_PIXELS)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
-from tasks import MODEL_FOR_TASK, TASK_RECORDS, TASKS, canonical_task
+from tasks import MODEL_FOR_TASK, RECIPE_EPOCHS, TASKS, canonical_task
 from checkpoint import epoch_number, newest_run_checkpoint
 from hardware import configure_process, has_fast_bf16
 from trainer import Trainer, TrainConfig, TrainingInterrupted
@@ -28,8 +28,7 @@ DEFAULTS = TrainConfig(epochs=0, task="")  # epochs 0: each task's own (tasks.py
 HELP = {
     "latent_dim": "size of the code z; the compression bonus is 0.2 + (1 - latent_dim/784)",
     "batch_size": "images per optimiser step",
-    "epochs": "total epochs (a resumed run continues up to this number); 0: the task's recipe, "
-              + ", ".join(f"{name} {task.epochs}" for name, task in TASK_RECORDS.items()),
+    "epochs": f"total epochs (a resumed run continues up to this number); 0: the task's recipe, {RECIPE_EPOCHS}",
     "lr": "Adam learning rate",
     "lr_schedule": "constant, or cosine (decays to lr/20 over the run)",
     "var": "decoder variance in vae_loss: the reconstruction term is ||x - recon_x||^2 / (2 var)",

@@ -21,11 +21,11 @@ import numpy as np
 from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line
 from data_utils import LabError, atomic_write_bytes, atomic_write_json, load_split, resolve_split
 from hardware import PRECISIONS
-from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
+from tasks import LATENT_RANGE, RECIPE_EPOCHS, TASK_RECORDS, TASKS
 from tools import sandbox
 from tools.jobs import BACKENDS, run_jobs
-from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION, ROUNDING_POINTS,
-                                      REAL_IMAGE_CHECKED, ImageBank, bound_by_decode, calibrate, copy_check,
+from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION,
+                                      REAL_IMAGE_CHECKED, ROUNDING_POINTS, ImageBank, bound_by_decode, calibrate, copy_check,
                                       copy_thresholds, legibility, perturbation_check, real_image_share)
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, PHASE_SCRIPT, Phases, Student,
                                    load_array, build_lab, clean_text, copy_untrusted, phase_json, read_untrusted,
@@ -644,8 +644,7 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
                        help="latent_dim for every model (default: a handed-in checkpoint's, else the student's "
                             f"constructor default read from the source, else {FALLBACK_LATENT_DIM})")
     grade.add_argument("--epochs", type=int, default=0,
-                       help="training budget: epochs (default 0: each task's recipe, "
-                            + ", ".join(f"{name} {task.epochs}" for name, task in TASK_RECORDS.items()) + ")")
+                       help=f"training budget: epochs (0: each task's recipe, {RECIPE_EPOCHS})")
     grade.add_argument("--train_limit", type=int, default=0, help="training budget: first N training images (0: all)")
     grade.add_argument("--batch_size", type=int, default=defaults.batch_size,
                        help="training budget: images per optimiser step")
