@@ -35,7 +35,7 @@ from torch.nn import functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import contract  # noqa: E402
-from hardware import pick_autocast_dtype, pick_device  # noqa: E402
+from hardware import PRECISIONS, pick_autocast_dtype, pick_device  # noqa: E402
 from data_utils import IMAGE_PIXELS, MNISTDataset, atomic_write_bytes, run_cli, to_uint8  # noqa: E402
 from grade import grade_arrays  # noqa: E402
 from inference import generate  # noqa: E402
@@ -221,7 +221,7 @@ def device_name(device) -> str:
     return f"{torch.get_num_threads()} CPU threads"
 
 
-def write_results(out: Path, task: str, rows: list, summary: list, limits: dict, device) -> None:
+def write_results(out: Path, task: str, rows: list, summary: list, limits: dict, device, precision: str) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -229,7 +229,8 @@ def write_results(out: Path, task: str, rows: list, summary: list, limits: dict,
     writer.writerows(rows)
     atomic_write_bytes(out.with_suffix(".csv"), buffer.getvalue().encode())
     lines = [f"# Grade against seconds of training: {task}, validation split", "",
-             f"`python benchmarks/race.py --task {task} --device {device.type}`; {device_name(device)}; matmul limit "
+             f"`python benchmarks/race.py --task {task} --device {device.type} --precision {precision}`; "
+             f"{device_name(device)}; matmul limit "
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in limits.items()) + ".", "",
              "| contestant | epoch | train s | images/s | latent_dim | SSIM | MSE | FID | grade | uncapped |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -270,6 +271,10 @@ def main(argv=None):
     parser.add_argument("--device", default="auto",
                         help="where every contestant trains and is graded: auto (a GPU if there is one), cpu, cuda "
                              "(default %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="arithmetic of ours and handout (train.py's --precision; default %(default)s: bf16 where "
+                             "the hardware is fast at it). fp32 races as an AVX2-only host would; examples is fp32 "
+                             "always")
     parser.add_argument("--out", type=Path, default=None,
                         help="results prefix (default benchmarks/results/race_<task>)")
     args = parser.parse_args(argv)
@@ -294,6 +299,7 @@ def main(argv=None):
                 mine, model, batch_size = race_examples(task, grader, args.epochs_scale, say)
             else:
                 settings = {"model": MODEL_FOR_TASK["submission"][task]} if contestant == "ours" else HANDOUT
+                settings = dict(settings, precision=args.precision)
                 mine, model, batch_size = race_trainer(contestant, task, settings, grader, args.epochs_scale,
                                                        Path(folder), say)
             rows += mine
@@ -302,7 +308,7 @@ def main(argv=None):
             summary.append({"contestant": contestant, "full_marks_s": time_to_full_marks(mine, TASK_RECORDS[task].cap),
                             "images_per_s": rate, "flops_per_image": flops,
                             "share": rate * flops / (limits["fp32"] * 1e9)})
-    write_results(out, task, rows, summary, limits, device)
+    write_results(out, task, rows, summary, limits, device, args.precision)
     print(out.with_suffix(".md").read_text())
     print(f"wrote {out}.csv, {out}.md and {out}.png")
 
