@@ -14,7 +14,8 @@ channels, a HIDDEN-unit layer; mirrored in the decoder), mlp:H1,H2,... (fully co
 hybrid:WIDTH,HIDDEN (an MLP encoder, the conv decoder), mlpl:H1,H2,... (an MLP whose decoder
 layers each see the label). The learning rate rises linearly over the
 first --warmup share of the steps, then follows a cosine to lr/50. A conditional model's samples
-are drawn from a Gaussian fitted to each class's training codes (as GenModel's statistics do).
+are drawn from one Gaussian fitted to each class's training codes (GenModel's statistics before issue 24;
+it now keeps a mixture per class, which benchmarks/mixture.py measures).
 Prints one JSON line per run. Run it alone: images/s beside another job mean nothing.
 """
 import argparse
@@ -234,10 +235,10 @@ def random_images():
 
 
 def submission_model(name: str):
-    """submission.py's VAE or GenModel at latent_dim 8, seeded, with the fused Adam the Trainer builds."""
+    """submission.py's VAE or GenModel with its defaults, seeded, with the fused Adam the Trainer builds."""
     import submission
     torch.manual_seed(0)
-    model = getattr(submission, name)(latent_dim=8)
+    model = getattr(submission, name)()
     return model, torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
 
 

@@ -24,12 +24,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import contract  # noqa: E402
-from classifier import classify, load_classifier  # noqa: E402
-from data_utils import NUM_CLASSES, MNISTDataset, run_cli, set_random_seed  # noqa: E402
+from classifier import load_classifier  # noqa: E402
+from data_utils import MNISTDataset, run_cli, set_random_seed  # noqa: E402
 from hardware import configure_process  # noqa: E402
 from inference import generate  # noqa: E402
 from race import Grader  # noqa: E402
 from submission import GenModel  # noqa: E402
+from tools.autograde.integrity import legibility  # noqa: E402
 from trainer import Trainer, TrainConfig  # noqa: E402
 
 
@@ -64,12 +65,11 @@ def main(argv=None):
             samples = generate(contract.Decoder(model, config.latent_dim), config.latent_dim,
                                grader.record.samples_per_label, seed=42, device=torch.device("cpu"))
             result = grader(model, config.latent_dim, samples)
-            predictions = classify(classifier, samples.reshape(-1, 28, 28))[1].reshape(NUM_CLASSES, -1)
-            per_label = (predictions == np.arange(NUM_CLASSES)[:, None]).mean(axis=1)
-            worst = int(np.argmin(per_label))
+            read = legibility(samples, classifier)
+            worst = int(np.argmin(read["per_label"]))
             print(f"| {components} | {spread:g} | {seconds:.1f} | {result['ssim']:.4f} | {result['mse']:.5f} | "
-                  f"{result['fid']:.3f} | {result['score_uncapped']:.2f} | {100 * per_label.mean():.1f}% | "
-                  f"{worst}: {100 * per_label[worst]:.0f}% |", flush=True)
+                  f"{result['fid']:.3f} | {result['score_uncapped']:.2f} | {100 * read['overall']:.1f}% | "
+                  f"{worst}: {100 * read['per_label'][worst]:.0f}% |", flush=True)
 
 
 if __name__ == "__main__":
