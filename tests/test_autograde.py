@@ -28,7 +28,7 @@ import torch
 from conftest import ROOT, first_images
 from data_utils import LabError, atomic_torch_save, load_split
 from tools import autograde, kit, sandbox
-from tools.autograde import integrity, orchestration, phases, reports, similarity
+from tools.autograde import cache, intake, integrity, orchestration, phases, reports, similarity
 from trainer import TrainConfig
 
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
@@ -194,15 +194,19 @@ def task_flags(row) -> list:
 
 
 def recompute(base: Path, name: str, task: str, latent_dim: int, tiny_valid: Path) -> dict:
-    """grade.grade_arrays again, on the arrays the grader kept in its work folder."""
+    """grade.grade_arrays again, on the arrays the grader kept in its work folder, with the draws and
+    the shuffle rebuilt from the grader's secret (kept beside its results)."""
     from grade import grade_arrays
     images, labels = load_split(tiny_valid)
     images, labels = images[:200], labels[:200]
     recon = np.load(base / "work" / name / "reconstruct" / task / "recon.npy")
     codes = np.load(base / "work" / name / "reconstruct" / task / "codes.npy")
-    layout = phases.decode_rows(task, codes, labels, seed=42)["layout"]
-    decoded = phases.split_decoded(np.load(base / "work" / name / "decode_moved" / task / "decoded.npy"), layout)
-    return grade_arrays(task, images, labels, recon, decoded["samples"], latent_dim)
+    secret = (base / "grades" / "grades_results" / "secret").read_bytes()
+    record = next(r for r in json.loads((base / "grades" / "grades.json").read_text())["students"]
+                  if r["student"] == name)
+    half = phases.decode_rows(task, codes, labels, secret)["moved"]
+    moved = np.load(base / "work" / name / record["decode_phases"]["moved"] / task / "decoded.npy")
+    return grade_arrays(task, images, labels, recon, phases.split_decoded(moved, half)["samples"], latent_dim)
 
 
 # ---------------------------------------------------------------- the honest corpus
@@ -259,18 +263,18 @@ def test_table_report_and_progress_lines(graded):
     assert re.search(r"^- reference VAE0label: \d+\.\d\d -> \d+\.\d\d \([+-]\d+\.\d%\)$", markdown, re.M)
     n = len(rows)
     # one line per phase, each phase one process for both tasks
-    for phase in ("contract", "train", "reconstruct", "decode", "decode_moved"):
+    for phase in ("contract", "train", "reconstruct", "decode_1", "decode_2"):
         assert len(re.findall(rf"^\[\d+/{n}\] decode_int: {phase.replace('_', ' ')} ok \(\d+\.\d s\)$", stdout, re.M)) == 1, phase
     assert not re.search(r"^\[\d+/\d+\] reference: train ", stdout, re.M)  # handed in: nothing to train
     assert "it/s" not in stdout and "%|" not in stdout  # no progress bars
     logs = out.parent / "grades_logs" / "decode_int"
-    assert {p.name for p in logs.iterdir()} == {"contract.log", "train.log", "reconstruct.log", "decode.log",
-                                               "decode_moved.log"}
-    # one process decodes the codes; another, which never sees them, the codes moved a little and (for the
-    # task whose grade has an FID term) 10 x 100 draws
-    assert "Genwithlabel: decoding 200 codes" in (logs / "decode.log").read_text()
-    assert "Genwithlabel: decoding 1200 codes" in (logs / "decode_moved.log").read_text()
-    assert "VAE0label: decoding 200 codes" in (logs / "decode_moved.log").read_text()
+    assert {p.name for p in logs.iterdir()} == {"contract.log", "train.log", "reconstruct.log", "decode_1.log",
+                                               "decode_2.log"}
+    # the two decode processes cannot tell themselves apart: each decodes the 200 codes (as forward gave them,
+    # or moved) and, for the task whose grade has an FID term, 10 x 100 draws of its own
+    for name in ("decode_1.log", "decode_2.log"):
+        assert "Genwithlabel: decoding 1200 codes" in (logs / name).read_text()
+        assert "VAE0label: decoding 200 codes" in (logs / name).read_text()
     assert report["isolated"] == ISOLATED and report["seconds"] > 0
     assert all(r["seconds"] > 0 for name, r in graded["records"].items() if name != "syntax")
 
@@ -452,6 +456,8 @@ def test_the_grader_never_loads_a_students_checkpoint_itself():
     """A checkpoint can be a bomb (or need a pickle): only the sandboxed phases load one. The grader's package
     has no call that could."""
     for path in (ROOT / "tools" / "autograde").glob("*.py"):
+        if path.name == "inside.py":  # the phase script: it runs inside the sandbox, the only place that loads one
+            continue
         text = path.read_text()
         if "def calibrate(" in text:  # the TA's own tool, run on a model the TA trained
             text = text[:text.index("def calibrate(")]
@@ -483,6 +489,9 @@ def through_dask(graded, tiny_valid, tiny_train):
     out = base / "grades" / "grades.csv"
     flags = [base / "submissions", "--out", out, "--data_path", tiny_valid, "--valid_data", tiny_valid,
              "--train_data", tiny_train, *BUDGET]
+    # the local run's secret: the same moves, shuffles and draws, so the same table
+    (out.parent / "grades_results").mkdir(parents=True)
+    shutil.copyfile(graded["out"].parent / "grades_results" / "secret", out.parent / "grades_results" / "secret")
     result = autograde_cli(*flags, "--backend", "dask", "--jobs", 2)
     rows, records, report = read_run(out)
     return {"flags": flags, "out": out, "rows": rows, "records": records, "report": report, "stdout": result.stdout,
@@ -517,43 +526,54 @@ def test_a_rerun_grades_only_what_changed(through_dask):
     assert out.read_text() == before  # its row is the same: a syntax error is a syntax error
 
 
-def test_the_fingerprint_follows_files_settings_code_and_data(tmp_path):
+def test_the_fingerprint_follows_the_hand_in_settings_enforcement_code_and_data(tmp_path):
     folder = tmp_path / "ann"
     (folder / "checkpoints").mkdir(parents=True)
     (folder / "submission.py").write_text("import torch\n")
     parser = argparse.ArgumentParser()
     autograde.add_arguments(parser)
     flags = [str(tmp_path), "--out", str(tmp_path / "grades.csv")]
+    enforced = {"isolation": True, "cpu": "by a cgroup", "processes": "pids cgroup"}
 
-    def fingerprint(*change, lab="lab"):
-        return orchestration.results_fingerprint(parser.parse_args(flags + list(change)), folder, lab)
+    def fingerprint(*change, lab="lab", enforced=enforced):
+        store = tmp_path / f"store{len(list(tmp_path.glob('store*')))}"
+        handed_in = intake.take_in(folder, store)
+        return cache.results_fingerprint(parser.parse_args(flags + list(change)), handed_in, lab, enforced)
     first = fingerprint()
+    assert fingerprint() == first
     for change in (["--inf_num", "100"], ["--no_isolation"], ["--seed", "1"], ["--precision", "bf16"],
-                   ["--threads", "1"], ["--epochs", "2"]):
+                   ["--threads", "1"], ["--epochs", "2"], ["--cpu_scale", "2"]):
         assert fingerprint(*change) != first, change
-    for change in (["--jobs", "7"], ["--backend", "dask"], ["--work_dir", "/tmp/elsewhere"]):
+    for change in (["--jobs", "7"], ["--backend", "dask"], ["--work_dir", "/tmp/elsewhere"],
+                   ["--require_isolation"]):
         assert fingerprint(*change) == first, change
     assert fingerprint(lab="lab changed") != first
+    assert fingerprint(enforced=dict(enforced, isolation=False)) != first  # graded under weaker rules: again
+    assert fingerprint(enforced=dict(enforced, cpu="by the process tree")) != first
     (folder / "checkpoints" / "VAE0label.pth").write_bytes(b"weights")
     assert fingerprint() != first
     (folder / "checkpoints" / "VAE0label.pth").unlink()
-    (folder / "checkpoints" / "VAE0label.pth").symlink_to("/etc/passwd")  # a link counts as its target's name
-    assert fingerprint() not in (first, fingerprint(lab="x"))
+    (folder / "notes" / "a").mkdir(parents=True)  # an empty folder is part of the hand-in too
+    assert fingerprint() != first
 
 
 def test_a_saved_result_comes_back_only_for_its_own_fingerprint(tmp_path):
     vector = np.arange(6, dtype=np.float32)
     result = {"record": {"student": "ann", "tasks": {"VAE0label": {"score": 9.5}}, "errors": [], "flags": []},
               "weights": {"VAE0label": (vector, [(2, 3)])}, "digests": {"VAE0label": "ab" * 32}}
-    orchestration.save_result(tmp_path, "ann", "f1", result)
-    back = orchestration.load_result(tmp_path, "ann", "f1")
+    cache.save_result(tmp_path, "ann", "f1", result)
+    back = cache.load_result(tmp_path, "ann", "f1")
     assert back["record"] == result["record"] and back["digests"] == result["digests"]
     assert back["weights"]["VAE0label"][1] == [(2, 3)]  # shapes as tuples, as similarity compares them
     assert np.array_equal(back["weights"]["VAE0label"][0], vector)
-    assert orchestration.load_result(tmp_path, "ann", "f2") is None  # another fingerprint: graded again
-    assert orchestration.load_result(tmp_path, "bob", "f1") is None
+    assert cache.load_result(tmp_path, "ann", "f2") is None  # another fingerprint: graded again
+    assert cache.load_result(tmp_path, "bob", "f1") is None
+    # a row graded without isolation (on a Dask worker without bubblewrap) is never kept under --require_isolation
+    assert cache.load_result(tmp_path, "ann", "f1", require_isolation=True) is None
+    cache.save_result(tmp_path, "ann", "f1", dict(result, record=dict(result["record"], isolation="bubblewrap")))
+    assert cache.load_result(tmp_path, "ann", "f1", require_isolation=True)["record"]["isolation"] == "bubblewrap"
     (tmp_path / "ann.npz").write_bytes(b"torn")  # a half-written pair: graded again, not a crash
-    assert orchestration.load_result(tmp_path, "ann", "f1") is None
+    assert cache.load_result(tmp_path, "ann", "f1") is None
 
 
 def test_a_job_lost_on_its_worker_gives_an_error_row_that_a_rerun_grades_again(tmp_path, monkeypatch, tiny_valid):
@@ -576,7 +596,7 @@ def test_a_job_lost_on_its_worker_gives_an_error_row_that_a_rerun_grades_again(t
     assert sorted(rows) == ["a", "b"] and [r["tasks"] for r in records] == [{}, {}]
     assert rows["a"]["errors"] == ("autograder failure: the job was lost on its worker "
                                    "(RuntimeError: worker tcp://10.0.0.7:40123 died)")
-    assert not (tmp_path / "grades_results").exists()  # not final: nothing saved
+    assert not list((tmp_path / "grades_results").glob("*.json"))  # not final: nothing saved
     calls = []
     monkeypatch.setattr(orchestration, "run_jobs", lambda function, items, on_done, **_: calls.append(len(items)))
     autograde.autograde(parser.parse_args(args))
@@ -632,14 +652,15 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
         def __init__(self, ok, error=None):
             self.ok, self.error = ok, error
     failures = []
-    batch = SimpleNamespace(args=SimpleNamespace(time_limit=2))
+    batch = SimpleNamespace(args=SimpleNamespace(time_limit=2, cpu_scale=1.0))
     for outcome, expected in ((Result(True), "RuntimeError: out of memory (simulated) at a"),
                               (Result(False, "killed: wall-clock limit of 2 s"), "killed: wall-clock limit of 2 s")):
         if not outcome.ok:  # the process died after Genwithlabel: VAE0label has neither done nor error.txt
             (tmp_path / "work" / "VAE0label" / "error.txt").unlink()
         student = phase_stub(tmp_path, outcome, failures, {"VAE0label": "v.pth", "Genwithlabel": "g.pth"})
         running = student.running
-        finished = phases.Phases(batch, student)._run("reconstruct", "reconstruct", ["VAE0label", "Genwithlabel"], [], [])
+        finished = phases.Phases(batch, student)._run("reconstruct", "reconstruct", ["VAE0label", "Genwithlabel"], [], [],
+                                                                 cpu_seconds=5)
         assert finished == {"Genwithlabel": tmp_path / "work" / "Genwithlabel"}
         assert running == {"Genwithlabel": "g.pth"} and failures.pop() == f"VAE0label reconstruct: {expected}"
     # What a phase writes is read without following links: they would lead outside its sandbox.
@@ -647,7 +668,7 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
     secret.write_text("the grader's own file")
     (tmp_path / "work" / "VAE0label" / "error.txt").symlink_to(secret)
     student = phase_stub(tmp_path, Result(True), failures, {"VAE0label": "v.pth"})
-    assert phases.Phases(batch, student)._run("decode", "decode", ["VAE0label"], [], []) == {}
+    assert phases.Phases(batch, student)._run("decode", "decode", ["VAE0label"], [], [], cpu_seconds=5) == {}
     assert student.running == {}
     assert failures.pop() == "VAE0label decode: VAE0label/error.txt is a symbolic link; plain files only"
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").unlink()
@@ -690,7 +711,7 @@ class Payload:
 
 
 def phase_script():
-    return load_module(ROOT / "tools" / "autograde_phases.py", "phases_under_test")
+    return load_module(ROOT / "tools" / "autograde" / "inside.py", "phases_under_test")
 
 
 def test_checkpoints_are_inspected_without_running_code_and_hold_only_what_the_class_creates(tmp_path, monkeypatch):
@@ -750,40 +771,6 @@ def test_a_class_that_keeps_a_data_set_in_a_buffer_is_refused(tmp_path, monkeypa
     atomic_torch_save(checkpoint, tmp_path / "lookup.pth")
     with pytest.raises(LabError, match=r"keeps 156,800 numbers beyond its 785 trainable parameters"):
         script.inspect_checkpoint(tmp_path / "lookup.pth", "VAE0label")
-
-
-def test_symbolic_links_are_refused_before_anything_is_read(tmp_path):
-    student = tmp_path / "mallory"
-    (student / "checkpoints").mkdir(parents=True)
-    (student / "submission.py").write_text("x = 1\n")
-    (student / "checkpoints" / "VAE0label.pth").symlink_to(ROOT / "dataset" / "test.npz")
-    messages = []
-    record = orchestration.grade_student(SimpleNamespace(args=None),
-                                         phases.Student(student, tmp_path / "work", tmp_path / "logs", messages.append))
-    assert record["errors"] == ["mallory/checkpoints/VAE0label.pth is a symbolic link; plain files only: hand in "
-                                "the files themselves"]
-    assert not (tmp_path / "work").exists()
-    # a link higher up: the checkpoints folder, or the student's folder itself, pointing at another student's
-    other = tmp_path / "alice"
-    (other / "checkpoints").mkdir(parents=True)
-    (other / "submission.py").write_text("x = 2\n")
-    (other / "checkpoints" / "VAE0label.pth").write_bytes(b"alice's weights")
-    shutil.rmtree(student / "checkpoints")
-    (student / "checkpoints").symlink_to(other / "checkpoints")
-    for folder, link in ((student, "mallory/checkpoints"), (tmp_path / "eve", "eve")):
-        if folder.name == "eve":
-            folder.symlink_to(other)
-        record = orchestration.grade_student(SimpleNamespace(args=None),
-                                             phases.Student(folder, tmp_path / "work", tmp_path / "logs", print))
-        assert len(record["errors"]) == 1 and record["errors"][0].startswith(f"{link}")
-        assert "is a symbolic link or not a folder" in record["errors"][0] or "symbolic link" in record["errors"][0]
-    # a named pipe where a file should be: refused at once, never opened for a blocking read
-    (tmp_path / "zoe").mkdir()
-    os.mkfifo(tmp_path / "zoe" / "submission.py")
-    record = orchestration.grade_student(SimpleNamespace(args=None),
-                                         phases.Student(tmp_path / "zoe", tmp_path / "work", tmp_path / "logs", print))
-    assert record["errors"] == ["zoe/submission.py is not a regular file; plain files only: hand in the files "
-                                "themselves"]
 
 
 def test_what_a_phase_wrote_is_read_without_links_blocking_files_or_unbounded_sizes(tmp_path):

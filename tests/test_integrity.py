@@ -34,6 +34,12 @@ def test_codes_are_moved_by_a_share_of_their_spread_and_the_drop_is_judged_by_ha
     moved = integrity.perturbed_codes(codes, np.random.default_rng(1))
     step = (moved - codes).std(axis=0) / codes.std(axis=0)
     assert moved.dtype == np.float32 and np.allclose(step, integrity.PERTURBATION, rtol=0.05)  # per number
+    # Every number moves: a constant, and a number of tiny spread, by 0.05 x the draws' spread of 1.
+    codes = np.stack([np.full(4000, 3.0), rng.standard_normal(4000) * 1e-3, rng.standard_normal(4000) * 2.0], 1)
+    moved = integrity.perturbed_codes(codes.astype(np.float32), np.random.default_rng(1))
+    step = (moved - codes).std(axis=0)
+    assert np.allclose(step, [0.05, 0.05, 0.10], rtol=0.05)
+    assert (moved[:, 0] != np.float32(3.0)).mean() > 0.99  # the constant no longer tags a row
 
     def scored(score):
         return {"score_uncapped": score, "ssim": 0.5, "mse": 0.02}
@@ -46,20 +52,28 @@ def test_codes_are_moved_by_a_share_of_their_spread_and_the_drop_is_judged_by_ha
 def test_the_decode_phases_rows_are_shuffled_and_put_back():
     codes = np.arange(12, dtype=np.float32).reshape(4, 3)
     labels = np.array([3, 1, 4, 1])
-    inputs = phases.decode_rows("Genwithlabel", codes, labels, seed=7)
-    assert np.array_equal(inputs["verified"][0], codes) and inputs["verified"][1].tolist() == [3, 1, 4, 1]
-    rows, row_labels = inputs["moved"]
-    assert rows.shape == (4 + 1000, 3) and row_labels.dtype == np.int64
-    assert not any(np.array_equal(row, code) for row in rows for code in codes)  # no original among them
+    inputs = phases.decode_rows("Genwithlabel", codes, labels, b"secret one")
+    verified, moved = inputs["verified"], inputs["moved"]
+    # the two phases get the same shapes, the same multiset of labels, and no way to tell which is which
+    assert verified["codes"].shape == moved["codes"].shape == (4 + 1000, 3)
+    assert verified["labels"].dtype == moved["labels"].dtype == np.int64
+    assert sorted(verified["labels"].tolist()) == sorted(moved["labels"].tolist())
+    assert sum(any(np.array_equal(row, code) for code in codes) for row in verified["codes"]) == 4
+    assert not any(np.array_equal(row, code) for row in moved["codes"] for code in codes)  # no original among them
+    assert not np.array_equal(verified["codes"][verified["labels"] == 0], moved["codes"][moved["labels"] == 0])
     # a "decoder" that writes each row's label into its pixels shows where every row went
-    decoded = np.broadcast_to(row_labels[:, None, None], (len(rows), 28, 28)).astype(np.uint8)
-    back = phases.split_decoded(decoded, inputs["layout"])
-    assert back["perturbed"][:, 0, 0].tolist() == [3, 1, 4, 1]
-    assert back["samples"].shape == (10, 100, 28, 28)
-    assert all((back["samples"][c] == c).all() for c in range(10))
-    again = phases.decode_rows("Genwithlabel", codes, labels, seed=7)
-    assert np.array_equal(again["moved"][0], rows)  # the same draws for every student
-    assert phases.decode_rows("VAE0label", codes, labels, seed=7)["layout"]["rows"] == 4  # no samples there
+    for half in (verified, moved):
+        decoded = np.broadcast_to(half["labels"][:, None, None], (len(half["labels"]), 28, 28)).astype(np.uint8)
+        back = phases.split_decoded(decoded, half)
+        assert back["perturbed"][:, 0, 0].tolist() == [3, 1, 4, 1]
+        assert back["samples"].shape == (10, 100, 28, 28)
+        assert all((back["samples"][c] == c).all() for c in range(10))
+    again = phases.decode_rows("Genwithlabel", codes, labels, b"secret one")
+    assert np.array_equal(again["moved"]["codes"], moved["codes"])  # reproducible from the grader's secret
+    other = phases.decode_rows("Genwithlabel", codes, labels, b"secret two")
+    assert not np.array_equal(other["moved"]["codes"], moved["codes"])  # and from nothing else
+    assert not np.array_equal(other["moved"]["order"], moved["order"])
+    assert phases.decode_rows("VAE0label", codes, labels, b"s")["moved"]["codes"].shape == (4, 3)  # no samples there
 
 
 def test_legibility_reads_digits_as_their_label_and_noise_as_nothing():

@@ -193,6 +193,22 @@ def lab_files(root: Path = ROOT) -> list:
     return sorted(files)
 
 
+def grader_lab_files(root: Path = ROOT) -> list:
+    """The files of each student's lab copy in the autograder: the lab's own top-level Python modules
+    as git tracks them (without git: the top-level .py files), never what else lies in the checkout
+    (a class folder, grades, outputs, caches), wherever the TA runs from. No data split: a phase is
+    handed the splits it needs."""
+    try:
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--", "*.py"],
+                                capture_output=True, check=True, timeout=60).stdout.decode().split("\0")
+        files = sorted(p for p in listed if p and "/" not in p and (root / p).is_file())
+        if files:
+            return files
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return sorted(path.name for path in root.glob("*.py") if path.is_file())
+
+
 def kit_manifest(root: Path = ROOT, include_test_split: bool = False):
     """(files to copy, {excluded file: why}), both relative paths."""
     copied, left_out = [], {}

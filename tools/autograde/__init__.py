@@ -5,26 +5,27 @@
     python -m tools.autograde calibrate CHECKPOINT                # the copy check's distances
 
 SUBMISSIONS/<student>/submission.py (+ optional checkpoints/VAE0label.pth, checkpoints/Genwithlabel.pth).
-Each student is graded in phases; every phase that runs student code is one tools.sandbox.run_phase
-(bubblewrap when usable): the lab copy (the course's files + the student's submission.py, no data
-split) read-only, a fresh private work folder, no network, limits, and only the files that phase
+
+Each hand-in is first copied by the intake (intake.py, the only code that reads it outside a sandbox:
+bounded sizes, depth and count, plain files only); then each student is graded in phases, each one
+tools.sandbox.run_phase (bubblewrap when usable) of the phase script inside.py: the lab copy (the
+lab's own modules + the student's submission.py, no data split) read-only, a fresh private work
+folder, no network, CPU, wall-clock, memory, process and disk limits, and only the files that phase
 must read:
 
-    contract     contract.check for both tasks                         no data split
-    train        the lab's train.py with the fixed budget               train + validation splits
-    reconstruct  forward on the grading split: recon.npy, codes.npy (mu) grading split + checkpoints
-    decode       decode(codes, labels) of the grader's copy of the codes  checkpoints + codes/labels only
-    generate     decode(z ~ N(0, I), label): samples.npy (Genwithlabel)  checkpoint only
+    contract     import, inspect handed-in checkpoints, contract.check   the checkpoints
+    train        the lab's train.py with the fixed budget                 the budget's images only
+    reconstruct  forward on the grading split: recon.npy, codes.npy (mu)  grading split + checkpoints
+    decode_1/2   decode(codes, labels): one gets the codes as forward      checkpoints + its rows only
+                 gave them, the other the codes moved a little; each with
+                 its own z ~ N(0, I) per label, shuffled; which is which,
+                 and every move, draw and shuffle, from the grader's secret
 
 Each phase is one process that does its work for every task still in the running (train: the tasks
-without a handed-in checkpoint), so a student costs five process starts, not one per task and phase.
-
-The grader checks every array itself, grades with grade.grade_arrays in its own process, and
-flags what looks like cheating (docs/course.md, "Integrity"): a forward reconstruction that is
-clearly better than the decode of its own codes (recon-bypasses-code: graded from the decode),
-samples that are near-copies of real images (copied-samples: FID term zeroed), and pairs of
-students with near-identical normalised source or handed-in weights (similar-source,
-similar-weights: listed, never penalised).
+without a handed-in checkpoint). The grader checks every array itself, grades with
+grade.grade_arrays in its own process (policy.py), and flags what looks like cheating
+(docs/course.md, "Integrity"); pairs of students with near-identical source or weights are listed,
+never penalised.
 """
 import sys
 from pathlib import Path
@@ -33,10 +34,17 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The package's files, one job each:
-#   orchestration.py  the batch, each student through the phases, the command line
-#   phases.py         the student's lab copy and sandboxed phases, and safe reading of their outputs
-#   integrity.py      the checks on the arrays: bypass, copies (and their calibration)
+# The package's files, one job each, by stage (the host side, then what runs in the sandbox):
+#   cli.py            the command line
+#   orchestration.py  the batch, each student through intake, phases and policy, the class
+#   intake.py         the only reader of a raw hand-in: a bounded copy into the grader's store
+#   cache.py          the result cache (fingerprints) and the grader's secret
+#   phases.py         each student's lab copy, what each sandboxed phase is handed and may spend
+#   inside.py         the phase script, run INSIDE the sandbox (copied into the lab copy)
+#   reads.py          safe reading of what a phase wrote
+#   policy.py         one task's grade from the checked arrays
+#   integrity.py      the checks on the arrays: bypass, moves, copies, legibility (and calibration)
 #   similarity.py     similarity between students
 #   reports.py        the table, its Markdown and JSON
-from tools.autograde.orchestration import add_arguments, autograde, main  # noqa: E402,F401
+from tools.autograde.cli import add_arguments, main  # noqa: E402,F401
+from tools.autograde.orchestration import autograde  # noqa: E402,F401

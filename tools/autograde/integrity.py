@@ -30,6 +30,12 @@ ROUNDING_POINTS = 1e-3
 # to 1.0% at 0.1); beyond PERTURBATION_TOLERANCE (relative drop of the score, and MARGIN_POINTS) the
 # decode of the moved codes is graded: code-beyond-latent-dim. Calibrated in docs/course.md.
 PERTURBATION = 0.05
+# Every number moves: by PERTURBATION times the larger of its spread and MOVE_FLOOR, the spread of the
+# N(0, I) draws the moved codes are shuffled among. A number of zero spread (a constant, or bits below
+# any spread) would otherwise pass through untouched, carry information past the move, and tell the
+# codes apart from the draws by its exact value. (An honest number of small spread is one the KL term
+# left near the prior, whose posterior noise the decoder was trained to ignore.)
+MOVE_FLOOR = 1.0
 PERTURBATION_TOLERANCE = 0.10
 # copied-samples: a sample of label c whose nearest training image (mean squared pixel difference,
 # 0-1 scale, best of the 9 one-pixel shifts of the sample) is nearer than COPY_RELATIVE times the
@@ -66,9 +72,9 @@ def bound_by_decode(forward: dict, decoded: dict, recon: np.ndarray, verified: n
 
 
 def perturbed_codes(codes: np.ndarray, generator: np.random.Generator, scale: float = PERTURBATION) -> np.ndarray:
-    """codes [N, D] moved by `scale` times each number's spread over the N codes, in a random
-    direction: float32, as the decode phase gets them."""
-    spread = codes.astype(np.float64).std(axis=0, keepdims=True)
+    """codes [N, D] moved by `scale` times each number's spread over the N codes (at least MOVE_FLOOR),
+    in a random direction: float32, as the decode phase gets them."""
+    spread = np.maximum(codes.astype(np.float64).std(axis=0, keepdims=True), MOVE_FLOOR)
     noise = generator.standard_normal(codes.shape)
     return (codes + scale * spread * noise).astype(np.float32)
 

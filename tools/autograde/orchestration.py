@@ -1,15 +1,12 @@
-"""The autograder's orchestration: the batch (settings, lab files, the grader's copies of the data),
-each student through the phases to a record, the table, and the command line."""
-import argparse
+"""The autograder's batch: the shared settings and data (Batch), each student through intake, the
+phases and the grading policy to a record (grade_student, grade_one), and the whole class with the
+result cache and the tables (autograde). The package's other files: intake.py (the hand-in),
+phases.py and inside.py (the sandboxed phases, outside and inside), reads.py (what a phase wrote),
+policy.py and integrity.py (the grade and its checks), cache.py, similarity.py, reports.py, cli.py."""
 import ast
 import atexit
-import hashlib
-import io
 import json
-import os
-import re
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -19,26 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from contract import FALLBACK_LATENT_DIM, IMPORTED_LINE, one_line
-from data_utils import LabError, atomic_write_bytes, atomic_write_json, load_split, resolve_split
-from hardware import PRECISIONS
-from tasks import LATENT_RANGE, RECIPE_EPOCHS, TASK_RECORDS, TASKS
+from data_utils import LabError, load_split, resolve_split
+from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
-from tools.jobs import BACKENDS, run_jobs
-from tools.autograde.integrity import (BYPASS_TOLERANCE, COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION,
-                                      REAL_IMAGE_CHECKED, ROUNDING_POINTS, ImageBank, bound_by_decode, calibrate, copy_check,
-                                      copy_thresholds, legibility, perturbation_check, real_image_share)
-from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, PHASE_SCRIPT, Phases, Student,
-                                   load_array, build_lab, clean_text, copy_untrusted, phase_json, read_untrusted,
-                                   untrusted_file)
+from tools.jobs import run_jobs
+from tools.autograde.cache import code_and_data_digest, grader_secret, load_result, results_fingerprint, save_result
+from tools.autograde.intake import shown, take_in
+from tools.autograde.integrity import ImageBank, copy_thresholds
+from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, START_CPU_SECONDS,
+                                    TRAIN_CPU_PER_IMAGE_EPOCH, Phases, Student, build_lab, clean_text, copy_untrusted,
+                                    load_array, phase_json, read_untrusted)
+from tools.autograde.policy import grade_task
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import similarity_report
-from tools.kit import ROOT, SOLUTION_FILE, kit_manifest
-
-# The train phase's CPU time per task, unless --train_cpu_seconds says: a start (imports, validation)
-# plus 4 ms per image and epoch, 4 times what our models cost on the AVX2 fp32 host (2 threads at
-# about 2,000 images/s: 1 ms of CPU per image), so that a model four times heavier still fits.
-TRAIN_CPU_BASE_SECONDS = 60
-TRAIN_CPU_SECONDS_PER_IMAGE = 0.004
+from tools.kit import ROOT, SOLUTION_FILE, grader_lab_files
 
 _print_lock = threading.Lock()
 
@@ -46,11 +37,6 @@ _print_lock = threading.Lock()
 def _print(message: str):
     with _print_lock:
         print(message, flush=True)
-
-
-def silent(iterable, **_):
-    """grade.grade_arrays' progress, drawn by nothing: the grader prints one line per phase."""
-    return iterable
 
 
 def source_latent_dim(text: str, class_name: str):
@@ -117,9 +103,9 @@ class Batch:
         self.copy_thresholds = copy_thresholds(valid_images, valid_labels, self.banks[0])
         from classifier import load_classifier
         self.classifier, _ = load_classifier()
-        lab, _ = kit_manifest(ROOT, include_test_split=False)
-        # No data split in the lab copy: a phase sees only the splits it is given.
-        self.lab_paths = [p for p in lab if p != SOLUTION_FILE and not p.endswith(".npz")]
+        # The lab's own modules, whatever else lies in the checkout (class folders, grades, outputs): no
+        # data split, no other student's file; a phase sees only the splits it is given.
+        self.lab_paths = [p for p in grader_lab_files(ROOT) if p != SOLUTION_FILE]
         self.isolate = not args.no_isolation and sandbox.isolation()[0]
         env = {"TQDM_DISABLE": "1"}
         if args.threads:
@@ -137,51 +123,40 @@ class Batch:
                               work_bytes=int(self.args.phase_disk_gb * sandbox.GiB), cpu_seconds=cpu_seconds)
 
     def write_budget(self, folder: Path) -> None:
-        """The training budget's images as splits of their own in `folder` (the grader's): the first
-        --train_limit training images, and the first --eval_num validation images. The train phase is
-        given these files and no other: it cannot train on images beyond its budget."""
+        """The training budget's images as a split of its own in `folder` (the grader's): the first
+        --train_limit training images; the validation split the train phase gets is the first --eval_num
+        of THOSE images, so that the phase is handed exactly the budget's distinct images and cannot
+        train on more. Also each task's CPU time for training (the start, and 1 ms per image and epoch)."""
         args = self.args
         folder.mkdir(parents=True, exist_ok=True)
-        kept = {}
-        for name, path, count in (("train", self.train_path, args.train_limit),
-                                  ("valid", self.valid_path, args.eval_num)):
-            images, labels = load_split(path)
-            images, labels = (images[:count], labels[:count]) if count else (images, labels)
-            np.savez(folder / f"{name}.npz", images=images, labels=labels)
-            kept[name] = len(images)
+        images, labels = load_split(self.train_path)
+        if args.train_limit:
+            images, labels = images[:args.train_limit], labels[:args.train_limit]
+        np.savez(folder / "train.npz", images=images, labels=labels)
+        count = args.eval_num or len(images)
+        np.savez(folder / "valid.npz", images=images[:count], labels=labels[:count])
         self.budget_train, self.budget_valid = folder / "train.npz", folder / "valid.npz"
-        self.train_cpu_seconds = args.train_cpu_seconds or \
-            TRAIN_CPU_BASE_SECONDS + (args.epochs or max(task.epochs for task in TASK_RECORDS.values())) \
-            * kept["train"] * TRAIN_CPU_SECONDS_PER_IMAGE
+        self.train_cpu_seconds = {
+            task: args.train_cpu_seconds or args.cpu_scale * (
+                START_CPU_SECONDS + (args.epochs or record.epochs) * len(images) * TRAIN_CPU_PER_IMAGE_EPOCH)
+            for task, record in TASK_RECORDS.items()}
 
 
 def grade_student(batch: Batch, student: Student) -> dict:
-    """Everything for one student, in student.base (their lab copy, phase folders); returns their record."""
+    """Everything for one student, in student.base (their lab copy, phase folders), from their hand-in as
+    the intake copied it (student.folder, the grader's own store); returns their record."""
     args, folder, record, fail = batch.args, student.folder, student.record, student.fail
     base, lab, inputs = student.base, student.lab, student.inputs
-
-    # What the student handed in is read without following a link at any level (a link could make the
-    # grader read its own files, the test split, or another student's as theirs) and without loading
-    # it: checkpoints are inspected inside the contract phase's sandbox.
-    hand_ins = folder.parent
+    # The store holds plain files only (intake.py); they are still read without following a link, and
+    # checkpoints are never loaded here: they are inspected inside the contract phase's sandbox.
     try:
-        source = read_untrusted(folder / SOLUTION_FILE, hand_ins, MAX_SUBMISSION_BYTES,
+        source = read_untrusted(folder / SOLUTION_FILE, folder, MAX_SUBMISSION_BYTES,
                                 f"{SOLUTION_FILE} (source code is expected)")
     except LabError as error:
         fail(f"{error}: hand in the files themselves")
         return record
     if source is None:
         fail(f"no {SOLUTION_FILE} in the folder")
-        return record
-    handed_in = [task for task in TASKS if (folder / "checkpoints" / f"{task}.pth").exists()
-                 or (folder / "checkpoints" / f"{task}.pth").is_symlink()]
-    try:
-        for task in handed_in:
-            handle = untrusted_file(folder / "checkpoints" / f"{task}.pth", hand_ins)
-            if handle is not None:
-                handle.close()
-    except LabError as error:
-        fail(f"{error}: hand in the files themselves")
         return record
     try:  # compiling runs none of the student's code
         compile(source, SOLUTION_FILE, "exec")
@@ -192,36 +167,27 @@ def grade_student(batch: Batch, student: Student) -> dict:
     build_lab(lab, source, batch.lab_paths)
     inputs.mkdir(parents=True)
     given = {}
-    for task in handed_in:
+    for task in TASKS:
         try:
-            digest = copy_untrusted(folder / "checkpoints" / f"{task}.pth", hand_ins, inputs / f"{task}.pth",
+            digest = copy_untrusted(folder / "checkpoints" / f"{task}.pth", folder, inputs / f"{task}.pth",
                                     MAX_CHECKPOINT_BYTES)
-            if digest is not None:
-                given[task] = inputs / f"{task}.pth"
-                student.checkpoint_sha256[task] = digest
         except LabError as error:
             fail(f"{task} checkpoint: {error}")
             return record
+        if digest is not None:
+            given[task] = inputs / f"{task}.pth"
+            student.checkpoint_sha256[task] = digest
 
     # 1. contract: the handed-in checkpoints inspected (their latent_dim), then every task's calls checked.
     # latent_dim is the grader's decision: --latent_dim, a handed-in checkpoint's, the source's default.
     text = source.decode(errors="replace")
     latent_dims = {task: (args.latent_dim or source_latent_dim(text, TASK_RECORDS[task].model_class)
                           or FALLBACK_LATENT_DIM) for task in TASKS if task not in given}
-    command = [PHASE_SCRIPT, "contract", "--out", base / "contract"]
-    command += [f"--latent_dim={task}={n}" for task, n in latent_dims.items()]
-    command += [f"--checkpoint={task}={path}" for task, path in given.items()]
-    result, work = student.run_phase(batch, "contract", command, args.import_time_limit,
-                                     read_only=list(given.values()))
-    try:
-        raw = read_untrusted(work / "contract.json", work, 1 << 20)
-        contract = json.loads(raw.decode(errors="replace")) if raw is not None else None
-        if not isinstance(contract, dict) or not isinstance(contract.get("tasks", {}), dict):
-            raise ValueError("not a result object")
-    except (LabError, ValueError) as error:
+    phases = Phases(batch, student)
+    contract, work = phases.contract(latent_dims, given)
+    if contract is None:
         imported = IMPORTED_LINE in sandbox.log_tail(student.logs / "contract.log")
-        why = str(error) if isinstance(error, LabError) else result.error or "exited before writing its result"
-        fail(f"{'contract check' if imported else 'import'}: {why}")
+        fail(f"{'contract check' if imported else 'import'}: {work}")
         return record
     if contract.get("import"):
         fail(f"import: {str(contract['import'])[:300]}")
@@ -264,7 +230,6 @@ def grade_student(batch: Batch, student: Student) -> dict:
             record["notes"].append(f"{task}: {clean_text(outcome['decode_warning'])}")
 
     # 2.-4. one process per phase, doing its work for every task still running; then the grades
-    phases = Phases(batch, student)
     phases.train()
     recon, codes = phases.reconstruct()
     decoded = phases.decode(codes)
@@ -278,113 +243,23 @@ def grade_student(batch: Batch, student: Student) -> dict:
     return record
 
 
-def grade_task(task, entry, recon, decoded, batch, flags):
-    """The grade of one task from the checked arrays (recon from forward; decoded: split_decoded's
-    verified and perturbed reconstructions and samples), bounded by what the code supports: first the
-    decode of codes moved a little (perturbation), then decode(mu) itself (bypass); the FID term needs
-    samples that are not copies and that read as their label."""
-    from grade import grade, grade_arrays
-    latent_dim, samples = entry["latent_dim"], decoded["samples"]
-
-    def measured(images):
-        return grade_arrays(task, batch.images, batch.labels, images, samples, latent_dim, progress=silent)
-    forward, verified, perturbed = measured(recon), measured(decoded["verified"]), measured(decoded["perturbed"])
-    for name, result in (("forward", forward), ("verified", verified), ("perturbed", perturbed)):
-        entry[name] = {k: result[k] for k in ("ssim", "mse", "score")}
-    code = perturbation_check(verified, perturbed)
-    entry["perturbation_check"] = code
-    supported, supported_name = verified, "verified decode"
-    if code["flagged"]:
-        supported, supported_name = perturbed, "perturbed decode"
-        flags.append({"flag": "code-beyond-latent-dim", "task": task,
-                      "evidence": f"moving each code by {PERTURBATION} x its spread drops the decode's grade by "
-                                  f"{100 * code['relative_drop']:.0f}% (from {verified['score_uncapped']:.2f} to "
-                                  f"{perturbed['score_uncapped']:.2f}; an honest decoder barely changes): the codes "
-                                  f"carry more than {latent_dim} numbers' worth; graded from the perturbed decode"})
-        # A code that is an index decodes, once moved, to other real images: looked up, not decoded.
-        checked = slice(0, REAL_IMAGE_CHECKED)
-        share = real_image_share(decoded["perturbed"][checked], batch.labels[checked], batch.banks,
-                                 batch.copy_thresholds)
-        code["real_image_share"] = share
-        if share > COPY_FRACTION:
-            supported = dict(perturbed, ssim=0.0, mse=max(perturbed["mse"], 0.1))
-            supported["score"] = grade(task, 0.0, supported["mse"], latent_dim, perturbed.get("fid"))
-            supported["score_uncapped"] = grade(task, 0.0, supported["mse"], latent_dim, perturbed.get("fid"),
-                                                capped=False)
-            supported_name = "perturbed decode, whose images are real ones looked up: no reconstruction term"
-            flags.append({"flag": "decode-returns-real-images", "task": task,
-                          "evidence": f"{100 * share:.0f}% of the decode of the moved codes are near-copies of real "
-                                      f"images (first {REAL_IMAGE_CHECKED} checked): decode looks images up; the "
-                                      f"reconstruction terms (SSIM, MSE) count 0"})
-    bypass = bound_by_decode(forward, supported, recon, decoded["verified"])
-    entry["bypass_check"] = bypass
-    # The lower of the two counts, always: a forward a little better than its decode, within the flag's
-    # tolerance, earns nothing by it either. (Honest models: the same arrays, or a grey level apart in a
-    # pixel or two, within ROUNDING_POINTS; sampling in eval: forward lower.)
-    graded, entry["graded_from"] = forward, "forward"
-    if code["flagged"] or supported["score_uncapped"] < forward["score_uncapped"] - ROUNDING_POINTS:
-        graded, entry["graded_from"] = supported, supported_name
-    if bypass["flagged"]:
-        flags.append({"flag": "recon-bypasses-code", "task": task,
-                      "evidence": f"forward grades {forward['score_uncapped']:.2f} (SSIM {forward['ssim']:.3f}, MSE "
-                                  f"{forward['mse']:.5f}), more than {100 * BYPASS_TOLERANCE:.0f}% above what the "
-                                  f"{supported_name} of its own codes gets, {supported['score_uncapped']:.2f} (SSIM "
-                                  f"{supported['ssim']:.3f}, MSE {supported['mse']:.5f}); graded from the "
-                                  f"{supported_name}; most different images: "
-                                  + ", ".join(f"#{d['image']} (MSE {d['mse']:.4f})" for d in bypass["most_different"])})
-    entry.update({key: graded[key] for key in ("ssim", "mse", "bonus", "score", "score_uncapped")})
-    if samples is None:
-        return
-    entry["fid"] = graded["fid"]
-    entry["fid_per_label"] = graded["fid_per_label"]
-    copies = copy_check(samples, batch.banks, batch.copy_thresholds)
-    entry["copy_check"] = copies
-    readable = legibility(samples, batch.classifier)
-    entry["legibility"] = readable
-    reasons = []
-    if copies["flagged"]:
-        reasons.append("copied-samples")
-        flags.append({"flag": "copied-samples", "task": task,
-                      "evidence": f"{copies['copies']} of {copies['samples']} samples "
-                                  f"({100 * copies['fraction']:.1f}%) lie nearer to a real image than real held-out "
-                                  f"digits of their label come to the training set (thresholds "
-                                  f"{min(copies['thresholds']):.4f} to {max(copies['thresholds']):.4f}); FID term "
-                                  f"zeroed; e.g. "
-                                  + ", ".join(f"sample {e['sample']} (label {e['label']}) = {e['split']} image "
-                                              f"#{e['image']} shifted {tuple(e['shift'])} at {e['distance']:.5f}"
-                                              for e in copies["examples"])})
-    if readable["flagged"] and graded["fid"] < 10:
-        reasons.append("illegible-samples")
-        flags.append({"flag": "illegible-samples", "task": task,
-                      "evidence": f"the classifier reads {100 * readable['overall']:.0f}% of the samples as their "
-                                  f"label (honest models: 97 to 99%; floor {100 * LEGIBILITY_FLOOR:.0f}%), while "
-                                  f"their simplified FID is {graded['fid']:.2f}: they match the pixel statistics "
-                                  f"without being digits; FID term zeroed"})
-    if reasons:
-        entry["fid_term_zeroed"] = reasons
-        entry["score"] = grade(task, entry["ssim"], entry["mse"], latent_dim, max(entry["fid"], 10.0))
-        entry["score_uncapped"] = grade(task, entry["ssim"], entry["mse"], latent_dim, max(entry["fid"], 10.0),
-                                        capped=False)
-
-
 # ====================================================================== the batch
 def student_folders(submissions: Path) -> list:
+    """The class folder's entries that stand for a student: folders, and links (which the intake refuses,
+    as that student's error); hidden entries and plain files are not students."""
     if not submissions.is_dir():
         raise LabError(f"{submissions} is not a folder: pass the folder with one sub-folder per student")
-    folders = sorted((p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.name)
+    folders = sorted((p for p in submissions.iterdir() if (p.is_dir() or p.is_symlink()) and not p.name.startswith(".")),
+                     key=lambda p: shown(p.name).encode())
     if not folders:
         raise LabError(f"{submissions} has no student sub-folders (expected SUBMISSIONS/<student>/submission.py)")
     return folders
 
 
 def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80] or "student"
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:80] or "student"
 
 
-# Settings that decide where and how fast a batch runs, not what it finds: a rerun that changes only
-# these reuses the students already graded (resume).
-NOT_IN_RESULTS = ("submissions", "out", "jobs", "backend", "scheduler", "work_dir", "require_isolation")
 _batches, _batches_lock = {}, threading.Lock()
 
 
@@ -405,7 +280,7 @@ def process_batch(args) -> Batch:
 def grade_one(job: dict) -> dict:
     """One student, in whichever process runs the job (this one, or a Dask worker on another machine):
     {"record", "weights", "digests"}. The record says which host graded it and what isolation it had."""
-    args, folder = job["args"], Path(job["folder"])
+    args, folder, name = job["args"], Path(job["folder"]), job["name"]
 
     def say(message):
         _print(f"{job['prefix']}: {message}")
@@ -421,101 +296,41 @@ def grade_one(job: dict) -> dict:
         available, why = sandbox.isolation()
         isolation = "bubblewrap" if batch.isolate else \
             "none: " + ("disabled by --no_isolation" if args.no_isolation else why)
-        student = Student(folder, base, logs, say)
+        student = Student(folder, base, logs, say, name=name, secret=bytes.fromhex(job["secret"]))
         if args.require_isolation and not batch.isolate:
             student.fail(f"--require_isolation: student code cannot be isolated on {socket.gethostname()}: {why}")
             record = student.record
+            record["final"] = False
         else:
             record = grade_student(batch, student)
     except Exception as error:  # a grader bug must not lose the other students' rows
-        record = failed_record(folder.name, f"autograder failure: {one_line(error)}")
+        record = failed_record(name, f"autograder failure: {one_line(error)}")
         (logs / "autograder_traceback.txt").write_text(traceback.format_exc())
     finally:
         if scratch is not None:
             sandbox.remove_tree(scratch)
+        for log in logs.glob("*.log"):
+            sandbox.trim_log(log)
     record.update(seconds=round(time.perf_counter() - started, 2), host=socket.gethostname(), isolation=isolation)
     return {"record": record, "weights": student.weights if student else {},
             "digests": student.checkpoint_sha256 if student else {}}
 
 
 def failed_record(name: str, error: str) -> dict:
-    """The row of a student whom the grader itself failed: not final, so a rerun grades them again."""
-    return {"student": name, "tasks": {}, "flags": [], "notes": [], "errors": [error], "final": False}
+    """The row of a student whom the grader failed before grading (intake) or by its own fault: not final,
+    so a rerun grades them again."""
+    return {"student": name, "tasks": {}, "flags": [], "notes": [], "errors": [clean_text(error, 600)], "final": False,
+            "seconds": 0.0, "host": socket.gethostname(), "isolation": "not run"}
 
 
-def file_digest(path: Path, digest=None):
-    digest = digest or hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest
-
-
-def results_fingerprint(args, folder: Path, lab_digest: str) -> str:
-    """What a student's result depends on: their folder's files (names, link targets, contents), the
-    settings, the grader's code and the data splits. Equal fingerprints: the saved result stands."""
-    digest = hashlib.sha256(lab_digest.encode())
-    settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_RESULTS}
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for directory, subfolders, files in sorted(os.walk(folder)):  # links are hashed as links, never followed
-        subfolders.sort()
-        for name in sorted(files + [d for d in subfolders if (Path(directory) / d).is_symlink()]):
-            path = Path(directory) / name
-            digest.update(b"\0" + str(path.relative_to(folder)).encode() + b"\0")
-            if path.is_symlink():
-                digest.update(b"link:" + os.readlink(path).encode())
-            elif path.is_file():
-                file_digest(path, digest)
-    return digest.hexdigest()
-
-
-def code_and_data_digest(args) -> str:
-    """The grader's code (the lab it copies, the autograder) and the three splits, as one digest."""
-    digest = hashlib.sha256()
-    lab, _ = kit_manifest(ROOT, include_test_split=False)
-    code = sorted(set(lab) | {str(p.relative_to(ROOT)) for p in (ROOT / "tools").rglob("*.py")})
-    for relative in code:
-        if (ROOT / relative).is_file():
-            digest.update(relative.encode())
-            file_digest(ROOT / relative, digest)
-    for split in (args.data_path, args.valid_data, args.train_data):
-        file_digest(resolve_split(split), digest)
-    return digest.hexdigest()
-
-
-def save_result(folder: Path, slot: str, fingerprint: str, result: dict) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    vectors = io.BytesIO()
-    np.savez(vectors, **{task: vector for task, (vector, _) in result["weights"].items()})
-    atomic_write_bytes(folder / f"{slot}.npz", vectors.getvalue())
-    atomic_write_json(folder / f"{slot}.json", {
-        "fingerprint": fingerprint, "record": result["record"], "digests": result["digests"],
-        "shapes": {task: shapes for task, (_, shapes) in result["weights"].items()}})
-
-
-def load_result(folder: Path, slot: str, fingerprint: str):
-    """The saved result of a student with this fingerprint, or None (none saved, another fingerprint, unreadable)."""
-    try:
-        saved = json.loads((folder / f"{slot}.json").read_text())
-        if saved.get("fingerprint") != fingerprint:
-            return None
-        with np.load(folder / f"{slot}.npz") as vectors:
-            weights = {task: (vectors[task], [tuple(shape) for shape in shapes])
-                       for task, shapes in saved["shapes"].items()}
-        return {"record": saved["record"], "weights": weights, "digests": saved["digests"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def autograde(args) -> list:
-    submissions = Path(args.submissions)
-    folders = student_folders(submissions)
-    out = Path(args.out).resolve()
+def check_settings(args, submissions: Path, out: Path) -> None:
+    """Every setting checked before anything is graded: one line naming the flag and the fix."""
     if out.suffix.lower() != ".csv":
         raise LabError(f"--out {args.out}: give a .csv path (the .md and .json tables are written beside it)")
-    for flag in ("import_time_limit", "time_limit"):
-        if not getattr(args, flag) > 0:
-            raise LabError(f"--{flag} must be a positive number of seconds")
+    for flag in ("import_time_limit", "time_limit", "train_cpu_seconds", "cpu_scale"):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            raise LabError(f"--{flag} must be a positive number")
     if args.inf_num < 0 or args.train_limit < 0 or args.jobs < 1 or args.threads < 0:
         raise LabError("--inf_num, --train_limit and --threads must be >= 0, --jobs >= 1")
     if args.latent_dim is not None and not LATENT_RANGE[0] <= args.latent_dim <= LATENT_RANGE[1]:
@@ -527,6 +342,13 @@ def autograde(args) -> list:
         raise LabError("--scheduler is the address of a Dask scheduler: add --backend dask")
     for split in (args.data_path, args.valid_data, args.train_data):
         load_split(resolve_split(split))  # a missing or corrupt split stops the batch now, in one line
+
+
+def autograde(args) -> list:
+    submissions = Path(args.submissions)
+    folders = student_folders(submissions)
+    out = Path(args.out).resolve()
+    check_settings(args, submissions, out)
     available, why = sandbox.isolation()
     if args.no_isolation:
         available, why = False, f"disabled by --no_isolation ({why})"
@@ -536,7 +358,7 @@ def autograde(args) -> list:
         raise LabError(f"--require_isolation: student code cannot be isolated here: {why}")
     _print(f"isolation: {'bubblewrap' if available else 'NOT ENFORCED'}: {why} ({here})")
     _print(f"process limit: {sandbox.process_limit()[1]}")
-    _print(f"CPU time of the train phase counted {sandbox.cpu_limit()}")
+    _print(f"CPU time of every phase counted {sandbox.cpu_limit()}")
     if not available and args.backend == "local":
         _print("warning: grading WITHOUT isolation: student code runs with the grader's rights "
                "(the report says so)")
@@ -545,14 +367,18 @@ def autograde(args) -> list:
     report = {"isolation": ("bubblewrap: " if available else "NOT ENFORCED: ") + why, "isolated": available,
               "process_limit": sandbox.process_limit()[1], "threads_per_phase": args.threads or None,
               "jobs": args.jobs, "backend": args.backend, "similarity": []}
+    # What this run enforces: part of every fingerprint, so a row graded under weaker rules is not resumed.
+    enforced = {"isolation": bool(available), "cpu": sandbox.cpu_limit(), "processes": sandbox.process_limit()[1]}
 
     logs_root, results_root = out.parent / f"{out.stem}_logs", out.parent / f"{out.stem}_results"
-    slots = {}
+    store = out.parent / f"{out.stem}_intake"  # the grader's copies of the hand-ins, for this run only
+    secret = grader_secret(results_root)
+    slots, names = {}, {}
     for folder in folders:
-        slot = _safe_name(folder.name)
+        slot = _safe_name(shown(folder.name))
         while slot in slots.values():
             slot += "_"
-        slots[folder] = slot
+        slots[folder], names[folder] = slot, clean_text(shown(folder.name), 200)
     records = [None] * len(folders)
     weights = {}  # (student, task) -> the handed-in weights as one vector, and their shapes
     digests = {}  # (student, task) -> the handed-in checkpoint's sha256, which the grader computed itself
@@ -561,55 +387,73 @@ def autograde(args) -> list:
     def keep(number, result):
         folder = folders[number]
         records[number] = result["record"]
-        weights.update({(folder.name, task): vector for task, vector in result["weights"].items()})
-        digests.update({(folder.name, task): digest for task, digest in result["digests"].items()})
+        weights.update({(names[folder], task): vector for task, vector in result["weights"].items()})
+        digests.update({(names[folder], task): digest for task, digest in result["digests"].items()})
 
     lab_digest = code_and_data_digest(args)
-    fingerprints, todo = {}, []
+    sandbox.remove_tree(store)
+    store.mkdir(parents=True)
+    fingerprints, todo, intake_notes = {}, [], {}
     for number, folder in enumerate(folders):
-        fingerprints[number] = results_fingerprint(args, folder, lab_digest)
-        saved = load_result(results_root, slots[folder], fingerprints[number])
+        linked = []
+        try:  # the only read of the hand-in: everything after it reads the grader's copy
+            handed_in = take_in(folder, store / slots[folder], linked)
+        except LabError as error:
+            keep(number, {"record": failed_record(names[folder], f"hand-in: {error}"), "weights": {}, "digests": {}})
+            _print(f"[{number + 1}/{len(folders)}] {names[folder]}: hand-in refused: {clean_text(error)}")
+            continue
+        except Exception as error:  # a grader bug on one hand-in must not lose the batch
+            keep(number, {"record": failed_record(names[folder], f"autograder failure: intake: {one_line(error)}"),
+                          "weights": {}, "digests": {}})
+            continue
+        fingerprints[number] = results_fingerprint(args, handed_in, lab_digest, enforced)
+        saved = load_result(results_root, slots[folder], fingerprints[number], args.require_isolation)
         if saved is not None:
             keep(number, saved)
         else:
             todo.append(number)
-    if len(todo) < len(folders):
-        _print(f"resumed: {len(folders) - len(todo)} of {len(folders)} students already graded with these files and "
-               f"settings ({results_root}); grading {len(todo)}")
+        intake_notes[number] = [f"hand-in: {clean_text(', '.join(linked))} had more than one name (hard links); "
+                                f"graded as copied, and compared with the class like any file"] if linked else []
+    graded_before = sum(1 for number in fingerprints if number not in todo)
+    if graded_before:
+        _print(f"resumed: {graded_before} of {len(folders)} students already graded with these files, settings and "
+               f"enforcement ({results_root}); grading {len(todo)}")
 
     def done(index, result, error):
         number = todo[index]
         folder = folders[number]
         if error is not None:  # the job itself was lost: its worker died, or the scheduler gave it up
-            result = {"record": failed_record(folder.name, f"autograder failure: the job was lost on its worker "
-                                                           f"({one_line(error)})"),
+            result = {"record": failed_record(names[folder], f"autograder failure: the job was lost on its worker "
+                                                             f"({one_line(error)})"),
                       "weights": {}, "digests": {}}
             result["record"]["seconds"] = 0.0
         record = result["record"]
+        record["notes"] = intake_notes.get(number, []) + record.get("notes", [])
         keep(number, result)
         grades = ", ".join(f"{t} {record['tasks'][t]['score']:.2f}" for t in TASKS
                            if "score" in record["tasks"].get(t, {})) or "no grade"
-        _print(f"[{number + 1}/{len(folders)}] {folder.name}: done in {record['seconds']:.1f} s: {grades}"
+        _print(f"[{number + 1}/{len(folders)}] {names[folder]}: done in {record['seconds']:.1f} s: {grades}"
                + (f"; flags: {', '.join(f['flag'] for f in record['flags'])}" if record.get("flags") else ""))
         if record.get("final", True):
             try:
                 save_result(results_root, slots[folder], fingerprints[number], result)
             except OSError as failure:
-                _print(f"warning: {folder.name}'s result could not be saved for a rerun: {one_line(failure)}")
+                _print(f"warning: {names[folder]}'s result could not be saved for a rerun: {one_line(failure)}")
         try:  # an interrupted batch keeps the rows written so far
             write_tables([r for r in records if r is not None], out, report)
         except Exception as failure:  # the final write, after every student, says what it is
-            _print(f"warning: the tables could not be updated after {folder.name}: {one_line(failure)}")
+            _print(f"warning: the tables could not be updated after {names[folder]}: {one_line(failure)}")
 
-    jobs = [{"args": args, "folder": str(folders[n].resolve()), "slot": slots[folders[n]],
-             "logs": str(logs_root / slots[folders[n]]), "prefix": f"[{n + 1}/{len(folders)}] {folders[n].name}"}
+    jobs = [{"args": args, "folder": str(store / slots[folders[n]]), "slot": slots[folders[n]],
+             "name": names[folders[n]], "secret": secret.hex(), "logs": str(logs_root / slots[folders[n]]),
+             "prefix": f"[{n + 1}/{len(folders)}] {names[folders[n]]}"}
             for n in todo]
     run_jobs(grade_one, jobs, done, backend=args.backend, workers=args.jobs, scheduler=args.scheduler,
              name="autograde")
     records = [r for r in records if r is not None]
     try:
-        report["similarity"], report["similarity_notes"] = similarity_report(records, {f.name: f for f in folders},
-                                                                               weights, digests)
+        copies = {names[f]: store / slots[f] for number, f in enumerate(folders) if number in fingerprints}
+        report["similarity"], report["similarity_notes"] = similarity_report(records, copies, weights, digests)
     except Exception as error:  # a bug in the comparison must not lose the batch's tables
         report["similarity"], report["similarity_notes"] = [], [f"similarity not computed: {one_line(error)}"]
     for record in records:  # a resumed record may hold the flags of an earlier similarity pass
@@ -623,85 +467,8 @@ def autograde(args) -> list:
                                     "evidence": f"{pair['kind']} with {other}: {pair['value']:.3f}"})
     report["seconds"] = round(time.perf_counter() - started, 2)
     paths = write_tables(records, out, report)
+    sandbox.remove_tree(store)
     _print(f"graded {len(records)} students in {report['seconds']:.1f} s "
            f"({', '.join(str(r['student']) + ' ' + format(r['seconds'], '.1f') + ' s' for r in records)}): "
            f"{', '.join(str(p) for p in paths)}; logs in {logs_root}")
     return records
-
-
-# ====================================================================== CLI
-def add_arguments(grade: argparse.ArgumentParser) -> None:
-    from trainer import TrainConfig
-    defaults = TrainConfig()
-    grade.add_argument("submissions", type=Path, help="folder with one sub-folder per student")
-    grade.add_argument("--out", required=True, help="the CSV table; OUT.md, OUT.json and OUT_logs/ go beside it")
-    grade.add_argument("--data_path", default="test", help="split to grade on: a split name or an .npz path")
-    grade.add_argument("--valid_data", default="valid", help="validation split used while training")
-    grade.add_argument("--train_data", default="train",
-                       help="training split: used by training here, and searched for copied samples")
-    grade.add_argument("--inf_num", type=int, default=0, help="grade on the first N images only (0: all)")
-    grade.add_argument("--latent_dim", type=int, default=None,
-                       help="latent_dim for every model (default: a handed-in checkpoint's, else the student's "
-                            f"constructor default read from the source, else {FALLBACK_LATENT_DIM})")
-    grade.add_argument("--epochs", type=int, default=0,
-                       help=f"training budget: epochs (0: each task's recipe, {RECIPE_EPOCHS})")
-    grade.add_argument("--train_limit", type=int, default=0, help="training budget: first N training images (0: all)")
-    grade.add_argument("--batch_size", type=int, default=defaults.batch_size,
-                       help="training budget: images per optimiser step")
-    grade.add_argument("--eval_num", type=int, default=1000, help="validation images per check while training")
-    grade.add_argument("--pred_step", type=int, default=defaults.pred_step, help="validate every N steps (0: never)")
-    grade.add_argument("--seed", type=int, default=defaults.seed,
-                       help="seed of training and of the z ~ N(0, I) draws, the same for every student")
-    grade.add_argument("--device", default="cpu", help="torch device for training (the other phases run on cpu)")
-    grade.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="arithmetic of training: fp32 (default: every student of a class trains alike, whatever "
-                            "machine grades them), bf16 autocast, or auto (bf16 where the hardware is fast at it); "
-                            "a model that fails under bf16 goes on in fp32, and the table says so")
-    grade.add_argument("--import_time_limit", type=float, default=120.0,
-                       help="seconds for importing submission.py and checking its contract")
-    grade.add_argument("--time_limit", type=float, default=3600.0,
-                       help="seconds for each training run and each other phase, per task it does (a phase "
-                            "doing both tasks gets twice this)")
-    grade.add_argument("--train_cpu_seconds", type=float, default=None,
-                       help=f"CPU time of the train phase per task (default: {TRAIN_CPU_BASE_SECONDS} s + "
-                            f"{TRAIN_CPU_SECONDS_PER_IMAGE * 1000:g} ms per image and epoch of the budget)")
-    grade.add_argument("--memory_gb", type=float, default=6.0, help="memory limit per process of a phase (GiB)")
-    grade.add_argument("--phase_disk_gb", type=float, default=2.0,
-                       help="disk space of all the files a phase writes, together (GiB)")
-    grade.add_argument("--processes", type=int, default=64, help="processes + threads per phase")
-    grade.add_argument("--jobs", type=int, default=1,
-                       help="grade N students in parallel (local: N threads here; dask without --scheduler: a local "
-                            "cluster of N worker processes)")
-    grade.add_argument("--backend", choices=BACKENDS, default="local",
-                       help="where students are graded: local (this machine, the default) or dask (a Dask cluster: "
-                            "docs/course.md, 'Grading a class on a cluster')")
-    grade.add_argument("--scheduler", default=None,
-                       help="with --backend dask: the address of a running Dask scheduler (tcp://HOST:8786); "
-                            "default: a local cluster of --jobs workers")
-    grade.add_argument("--threads", type=int, default=0,
-                       help="torch threads per phase (OMP/MKL_NUM_THREADS); default 1 with --jobs > 1, else "
-                            "torch's own; give the same value to compare runs")
-    grade.add_argument("--require_isolation", action="store_true",
-                       help="refuse to grade unless bubblewrap isolation is usable")
-    grade.add_argument("--no_isolation", action="store_true",
-                       help="run phases without bubblewrap even where it works (debugging; the report says so)")
-    grade.add_argument("--work_dir", default=None,
-                       help="keep each student's folders (lab copy, phase outputs) here; default: a temporary "
-                            "folder, removed")
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["calibrate"]:
-        parser = argparse.ArgumentParser(prog="python -m tools.autograde calibrate", description=calibrate.__doc__)
-        parser.add_argument("checkpoint", type=Path)
-        parser.add_argument("--train_data", default="train")
-        parser.add_argument("--held_out", default="valid", help="real digits the training split does not hold")
-        options = parser.parse_args(argv[1:])
-        calibrate(options.checkpoint, options.train_data, options.held_out)
-        return
-    import tools.autograde
-    parser = argparse.ArgumentParser(prog="python -m tools.autograde", description=tools.autograde.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    autograde(parser.parse_args(argv))

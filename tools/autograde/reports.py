@@ -47,6 +47,17 @@ def text(value) -> str:
     return html.escape(clean_text(value, 10_000), quote=False).replace("|", "\\|").replace("`", "\\`")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_safe(value) -> str:
+    """A CSV cell that a spreadsheet shows as text, never runs: text starting like a formula (OWASP's
+    CSV-injection characters, and their full-width forms) gets a leading apostrophe. Numbers are
+    written by repr and never pass here."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def write_tables(records: list, out: Path, report: dict) -> list:
     """OUT.csv (full precision), OUT.md (rounded, with the flags and similarity sections) and OUT.json."""
     rows = table_rows(records)
@@ -54,7 +65,7 @@ def write_tables(records: list, out: Path, report: dict) -> list:
     writer = csv.DictWriter(buffer, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: (repr(v) if isinstance(v, float) else ("" if v is None else v)) for k, v in row.items()})
+        writer.writerow({k: (repr(v) if isinstance(v, float) else spreadsheet_safe(v)) for k, v in row.items()})
     csv_path, md_path, json_path = out, out.with_suffix(".md"), out.with_suffix(".json")
     atomic_write_bytes(csv_path, buffer.getvalue().encode())
 

@@ -1,11 +1,11 @@
-"""The autograder's phase scripts: copied into each student's lab copy as autograde_phases.py and run
+"""The autograder's phase scripts: copied into each student's lab copy as autograde_inside.py and run
 there, one phase per sandboxed process (tools/autograde.py starts them). A phase does its work for
 every task given to it, one after another, in WORK/<task>/:
 
-    python autograde_phases.py contract    --out WORK [--latent_dim TASK=N ...] [--checkpoint TASK=C ...]
-    python autograde_phases.py train       --task TASK=N ... --out WORK [train.py's flags]
-    python autograde_phases.py reconstruct --checkpoint TASK=C --latent_dim TASK=N ... --data SPLIT --num N --out WORK
-    python autograde_phases.py decode      --checkpoint TASK=C --latent_dim TASK=N ... --inputs IN --out WORK
+    python autograde_inside.py contract    --out WORK [--latent_dim TASK=N ...] [--checkpoint TASK=C ...]
+    python autograde_inside.py train       --task TASK=N ... --out WORK [train.py's flags]
+    python autograde_inside.py reconstruct --checkpoint TASK=C --latent_dim TASK=N ... --data SPLIT --num N --out WORK
+    python autograde_inside.py decode      --checkpoint TASK=C --latent_dim TASK=N ... --inputs IN --out WORK
 
 Every checkpoint is loaded here, inside the sandbox, by inspect_checkpoint, never by the grader.
 
