@@ -43,7 +43,8 @@ HONEST = ["decode_int", "decode_batch_only"]
 CHEATS = ["identity_forward", "memorised_samples", "copy_samples", "writes_outside", "tamper_outputs",
           "copied_a", "copied_b",
           "mantissa_code", "lookup_bank", "grey_corner", "fid_noise", "budget_overrun", "link_swap",
-          "fifo_contract", "copied_c", "bomb_checkpoint", "disk_fill"]
+          "fifo_contract", "copied_c", "bomb_checkpoint", "disk_fill",
+          "optimise_codes", "log_flood", "phase_tell"]
 BUDGET = ["--train_limit", 256, "--epochs", 1, "--batch_size", 64, "--inf_num", 200, "--eval_num", 100,
           "--pred_step", 0, "--import_time_limit", 180, "--time_limit", 300, "--train_cpu_seconds", 5,
           "--phase_disk_gb", 0.25]
@@ -437,6 +438,37 @@ def test_training_past_the_budget_is_stopped_by_the_sandbox(graded):
     assert ("VAE0label training: killed by SIGXCPU (used more CPU time than the limit, 10 s)" in row["errors"]
             or "VAE0label training: its processes together used more CPU time than the limit, 10 s" in row["errors"])
     assert row["VAE0label_grade"] == row["Genwithlabel_grade"] == ""
+
+
+def test_every_phase_is_metered_not_only_training(graded):
+    """optimise_codes' forward optimises each code until its reconstruction is perfect: the reconstruct phase,
+    metered like every phase (a start and 1 ms per image), is killed at its CPU limit and earns nothing."""
+    row = graded["rows"]["optimise_codes"]
+    assert "VAE0label reconstruct: its processes together used more CPU time than the limit" in row["errors"] \
+        or "VAE0label reconstruct: killed by SIGXCPU" in row["errors"]
+    assert row["VAE0label_grade"] == row["Genwithlabel_grade"] == ""
+    phases_run = graded["records"]["optimise_codes"]["phases"]
+    assert phases_run["reconstruct"]["cpu_limit"] == pytest.approx(phases.START_CPU_SECONDS + 2 * 200 * 1e-3, abs=0.1)
+    assert phases_run["contract"]["cpu_limit"] == 180  # --import_time_limit
+
+
+def test_the_two_decode_processes_cannot_tell_which_they_are(graded):
+    """phase_tell reads its arguments, working folder and environment for a word that says which decode
+    process it is in: in both it finds nothing, and its row is graded as any honest one."""
+    logs = graded["out"].parent / "grades_logs" / "phase_tell"
+    for name in ("decode_1.log", "decode_2.log"):
+        assert "phase_tell: this decode process looks like: unknown" in (logs / name).read_text()
+    assert graded["rows"]["phase_tell"]["errors"] == "" and not task_flags(graded["rows"]["phase_tell"])
+
+
+def test_a_flood_of_output_leaves_about_a_mib_per_phase_on_the_grader(graded):
+    """log_flood prints 120 MB at every import: each phase's log is kept to its first 64 KiB and last MiB,
+    and the student is graded as the honest model it otherwise is."""
+    logs = graded["out"].parent / "grades_logs" / "log_flood"
+    sizes = {p.name: p.stat().st_size for p in logs.iterdir()}
+    assert len(sizes) == 5 and all(size <= sandbox.LOG_KEEP_HEAD + sandbox.LOG_KEEP_TAIL + 200 for size in sizes.values())
+    assert "bytes of this log cut by the grader" in (logs / "train.log").read_text()
+    assert graded["rows"]["log_flood"]["errors"] == "" and float(graded["rows"]["log_flood"]["total"]) > 0
 
 
 def test_links_pipes_and_full_disks_cost_only_their_author(graded):

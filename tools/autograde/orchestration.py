@@ -3,9 +3,6 @@ phases and the grading policy to a record (grade_student, grade_one), and the wh
 result cache and the tables (autograde). The package's other files: intake.py (the hand-in),
 phases.py and inside.py (the sandboxed phases, outside and inside), reads.py (what a phase wrote),
 policy.py and integrity.py (the grade and its checks), cache.py, similarity.py, reports.py, cli.py."""
-import ast
-import atexit
-import json
 import socket
 import tempfile
 import threading
@@ -21,15 +18,14 @@ from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
 from tools.jobs import run_jobs
 from tools.autograde.cache import code_and_data_digest, grader_secret, load_result, results_fingerprint, save_result
+from tools.autograde.batch import Batch, process_batch  # noqa: F401
 from tools.autograde.intake import shown, take_in
-from tools.autograde.integrity import ImageBank, copy_thresholds
-from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, START_CPU_SECONDS,
-                                    TRAIN_CPU_PER_IMAGE_EPOCH, Phases, Student, build_lab, clean_text, copy_untrusted,
-                                    load_array, phase_json, read_untrusted)
-from tools.autograde.policy import grade_task
+from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, Phases, Student, build_lab,
+                                    clean_text, copy_untrusted, load_array, phase_json, read_untrusted)
+from tools.autograde.policy import grade_task, source_latent_dim  # noqa: F401
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import similarity_report
-from tools.kit import ROOT, SOLUTION_FILE, grader_lab_files
+from tools.kit import SOLUTION_FILE
 
 _print_lock = threading.Lock()
 
@@ -39,109 +35,7 @@ def _print(message: str):
         print(message, flush=True)
 
 
-def source_latent_dim(text: str, class_name: str):
-    """The int default of `latent_dim` in class_name's constructor, read with ast (no code runs):
-    the class's own __init__, else the first base class defined in the file that has one; an alias
-    `GenModel = CVAE` is followed. None when there is no int literal default."""
-    try:
-        tree = ast.parse(text)
-    except SyntaxError:
-        return None
-    classes, aliases = {}, {}
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            classes[node.name] = node
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
-                    aliases[target.id] = node.value.id
-    seen = set()
-
-    def find(name):
-        while name in aliases and name not in classes and name not in seen:
-            seen.add(name)
-            name = aliases[name]
-        node = classes.get(name)
-        if node is None or name in seen - set(aliases):
-            return None
-        seen.add(name)
-        init = next((item for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__"),
-                    None)
-        if init is None:
-            for base in node.bases:
-                if isinstance(base, ast.Name) and base.id in classes and base.id not in seen:
-                    return find(base.id)
-            return None
-        args = init.args
-        positional = args.posonlyargs + args.args
-        defaults = dict(zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults))
-        defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
-        default = defaults.get("latent_dim")
-        if isinstance(default, ast.Constant) and type(default.value) is int:
-            return default.value
-        return None
-    return find(class_name)
-
-
 # ====================================================================== one student
-class Batch:
-    """What every student's grading shares: settings, the lab files, the grader's copies of the data."""
-
-    def __init__(self, args):
-        self.args = args
-        self.grading_path = resolve_split(args.data_path).resolve()
-        self.valid_path = resolve_split(args.valid_data).resolve()
-        self.train_path = resolve_split(args.train_data).resolve()
-        images, labels = load_split(self.grading_path)  # a missing or corrupt split stops the batch now
-        self.num = min(args.inf_num, len(images)) if args.inf_num else len(images)
-        self.images, self.labels = images[:self.num], labels[:self.num]
-        valid_images, valid_labels = load_split(self.valid_path)
-        train_images, _ = load_split(self.train_path)
-        self.banks = [ImageBank("train", train_images), ImageBank("grading", images)]
-        # How near real digits the students never generated come to the training images, per label: the
-        # copy check's thresholds (the validation split is held out from the training split).
-        self.copy_thresholds = copy_thresholds(valid_images, valid_labels, self.banks[0])
-        from classifier import load_classifier
-        self.classifier, _ = load_classifier()
-        # The lab's own modules, whatever else lies in the checkout (class folders, grades, outputs): no
-        # data split, no other student's file; a phase sees only the splits it is given.
-        self.lab_paths = [p for p in grader_lab_files(ROOT) if p != SOLUTION_FILE]
-        self.isolate = not args.no_isolation and sandbox.isolation()[0]
-        env = {"TQDM_DISABLE": "1"}
-        if args.threads:
-            env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-        self.env = env
-
-    def read_only_split(self, path: Path) -> list:
-        sums = path.parent / "SHA256SUMS"
-        return [path] + ([sums] if sums.is_file() else [])
-
-    def limits(self, seconds: float, file_bytes: int = 512 << 20, cpu_seconds: float = None):
-        return sandbox.Limits(seconds=seconds, memory_bytes=int(self.args.memory_gb * sandbox.GiB),
-                              processes=self.args.processes, file_bytes=file_bytes,
-                              memory_rlimit="AS" if self.args.device == "cpu" else "DATA",
-                              work_bytes=int(self.args.phase_disk_gb * sandbox.GiB), cpu_seconds=cpu_seconds)
-
-    def write_budget(self, folder: Path) -> None:
-        """The training budget's images as a split of its own in `folder` (the grader's): the first
-        --train_limit training images; the validation split the train phase gets is the first --eval_num
-        of THOSE images, so that the phase is handed exactly the budget's distinct images and cannot
-        train on more. Also each task's CPU time for training (the start, and 1 ms per image and epoch)."""
-        args = self.args
-        folder.mkdir(parents=True, exist_ok=True)
-        images, labels = load_split(self.train_path)
-        if args.train_limit:
-            images, labels = images[:args.train_limit], labels[:args.train_limit]
-        np.savez(folder / "train.npz", images=images, labels=labels)
-        count = args.eval_num or len(images)
-        np.savez(folder / "valid.npz", images=images[:count], labels=labels[:count])
-        self.budget_train, self.budget_valid = folder / "train.npz", folder / "valid.npz"
-        self.train_cpu_seconds = {
-            task: args.train_cpu_seconds or args.cpu_scale * (
-                START_CPU_SECONDS + (args.epochs or record.epochs) * len(images) * TRAIN_CPU_PER_IMAGE_EPOCH)
-            for task, record in TASK_RECORDS.items()}
-
-
 def grade_student(batch: Batch, student: Student) -> dict:
     """Everything for one student, in student.base (their lab copy, phase folders), from their hand-in as
     the intake copied it (student.folder, the grader's own store); returns their record."""
@@ -258,23 +152,6 @@ def student_folders(submissions: Path) -> list:
 
 def _safe_name(name: str) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:80] or "student"
-
-
-_batches, _batches_lock = {}, threading.Lock()
-
-
-def process_batch(args) -> Batch:
-    """This process's Batch for `args`, made once: a Dask worker loads the data, the classifier and the
-    budget's splits itself, from the paths the TA gave (which must be readable where it runs)."""
-    key = json.dumps(vars(args), sort_keys=True, default=str)
-    with _batches_lock:
-        if key not in _batches:
-            batch = Batch(args)
-            budget = Path(tempfile.mkdtemp(prefix="autograde-budget."))
-            atexit.register(sandbox.remove_tree, budget)
-            batch.write_budget(budget)
-            _batches[key] = batch
-        return _batches[key]
 
 
 def grade_one(job: dict) -> dict:

@@ -1,8 +1,55 @@
-"""The grading policy: one task's grade from the arrays the phases wrote and the grader checked, bounded
-by what the code supports (integrity.py's measures), with the flags that say why."""
+"""The grading policy: the latent_dim each task is graded at (the grader's decision, never the student's
+process's), and one task's grade from the arrays the phases wrote and the grader checked, bounded by what
+the code supports (integrity.py's measures), with the flags that say why."""
+import ast
+
 from tools.autograde.integrity import (COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBATION, REAL_IMAGE_CHECKED,
                                        ROUNDING_POINTS, BYPASS_TOLERANCE, bound_by_decode, copy_check, legibility,
                                        perturbation_check, real_image_share)
+
+
+def source_latent_dim(text: str, class_name: str):
+    """The int default of `latent_dim` in class_name's constructor, read with ast (no code runs):
+    the class's own __init__, else the first base class defined in the file that has one; an alias
+    `GenModel = CVAE` is followed. None when there is no int literal default."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    classes, aliases = {}, {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            classes[node.name] = node
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    aliases[target.id] = node.value.id
+    seen = set()
+
+    def find(name):
+        while name in aliases and name not in classes and name not in seen:
+            seen.add(name)
+            name = aliases[name]
+        node = classes.get(name)
+        if node is None or name in seen - set(aliases):
+            return None
+        seen.add(name)
+        init = next((item for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "__init__"),
+                    None)
+        if init is None:
+            for base in node.bases:
+                if isinstance(base, ast.Name) and base.id in classes and base.id not in seen:
+                    return find(base.id)
+            return None
+        args = init.args
+        positional = args.posonlyargs + args.args
+        defaults = dict(zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults))
+        defaults.update({a.arg: d for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None})
+        default = defaults.get("latent_dim")
+        if isinstance(default, ast.Constant) and type(default.value) is int:
+            return default.value
+        return None
+    return find(class_name)
 
 
 def silent(iterable, **_):

@@ -52,10 +52,10 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", 
 
 def spreadsheet_safe(value) -> str:
     """A CSV cell that a spreadsheet shows as text, never runs: text starting like a formula (OWASP's
-    CSV-injection characters, and their full-width forms) gets a leading apostrophe. Numbers are
-    written by repr and never pass here."""
+    CSV-injection characters, and their full-width forms), after any leading spaces, gets a leading
+    apostrophe. Numbers are written by repr and never pass here."""
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "'" + text if text.lstrip(" \u3000").startswith(FORMULA_STARTS) else text
 
 
 def write_tables(records: list, out: Path, report: dict) -> list:

@@ -6,14 +6,17 @@ document fingerprinting", SIGMOD 2003): each file becomes a stream of tokens in 
 strings and the file's own names no longer count; hashes of its k-grams are winnowed into a set of
 fingerprints; the fingerprints of the starter template are removed; and a pair is as similar as the
 larger share of one file's fingerprints found in the other (containment), so that pasting unused code
-into a copy does not hide it. Nothing here recurses over the code (tokenize, ast.walk), and an error
-on one student's file, such as ast.parse's RecursionError, skips that student with a note.
+into a copy does not hide it. A copy rewritten without changing what it computes (its statements
+reordered, b + a for a + b, temporaries, loops, conditional expressions) keeps few of the original's
+tokens, so each file is also read a second way, the tree view: its syntax tree in a normal form that
+such rewrites do not change (see "the tree view" below), fingerprinted the same way; a pair is as
+similar as the view that finds it more alike. Nothing here recurses over the code (tokenize, ast.walk,
+explicit stacks), a file ast.parse gives up on is compared by its tokens alone, and an error on one
+student's file skips that student with a note.
 """
-import ast
 import functools
 import hashlib
 import io
-import keyword
 import tokenize
 from pathlib import Path
 
@@ -22,6 +25,9 @@ import numpy as np
 from contract import one_line
 from tools.autograde.phases import MAX_SUBMISSION_BYTES, read_untrusted
 from tools.kit import ROOT, SOLUTION_FILE, strip_solution
+# The two views, in files of their own (the tree view's rewriting in tree_rewrite.py):
+from tools.autograde.token_view import NAME, STRING, defined_names, import_bindings, normalised_tokens  # noqa: F401
+from tools.autograde.tree_view import TREE, TREE_KGRAM, TREE_WINDOW, tree_sequences
 
 # Tokens per k-gram and k-grams per winnowing window: any common run of KGRAM + WINDOW - 1 = 14 tokens
 # (about a line of code) is sure to share a fingerprint. Measured for k in 5..12, w in 3..10 on the 14 files
@@ -31,130 +37,24 @@ from tools.kit import ROOT, SOLUTION_FILE, strip_solution
 # between the copy (diluted or not) and the highest other pair, k = 9, w = 6 among the widest (0.32).
 KGRAM = 9
 WINDOW = 6
-# The pair's containment, the larger of its two directions. Measured with k = 9, w = 6 and imported names
-# read as their full paths: the copied pair tests/cheats/copied_a.py, copied_b.py 0.889; copied_c.py
-# (copied_a plus 48 unused lines) against copied_b 0.866; a copy of decode_int.py with its imports renamed
-# (`torch as T`, `from torch.nn import Linear`) 0.816; the highest other pair 0.553 (copied_a,
-# tests/submissions/decode_batch_only.py), the highest among tests/submissions 0.496; the reference
-# submission.py against those 0.302 at most. (Before imports were read as paths: 0.881, 0.844, 0.59,
-# 0.523, 0.450, 0.289: the renamed copy went unflagged.)
+# The pair's containment, the larger of its two directions, in the view where it is larger. Measured
+# (tokens with k = 9, w = 6; tree with TREE_KGRAM = 14, TREE_WINDOW = 6), tokens / tree: the copied pair
+# tests/cheats/copied_a.py, copied_b.py 0.889 / 1.0; copied_c.py (copied_a plus 48 unused lines) against
+# copied_b 0.866 / 1.0; a copy of decode_int.py with its imports renamed (`torch as T`, `from torch.nn import
+# Linear`) 0.924 / 0.913; copied_rewrite.py (copied_a rewritten without changing the program) 0.375 / 1.0,
+# and 0.969 in the tree with 48 unused lines pasted in; the highest pair among the 14 honest files of
+# tests/submissions 0.496 / 0.500 (decode_batch_only.py, device_global.py: the same MLP, written apart);
+# copied_a (or copied_b, or the rewrite) against an honest file 0.553 / 0.316 at most; the reference
+# submission.py against them 0.279 / 0.250 at most. (Before the tree view the rewrite went unflagged.)
 SOURCE_SIMILARITY = 0.7
 # A file with fewer fingerprints than this, once the template's are removed (about 8 lines of its own
 # code), is not judged: two nearly untouched templates would match on their few scraps.
 MIN_FINGERPRINTS = 20
 WEIGHT_SIMILARITY = 0.99  # cosine of the flattened handed-in state dicts
 
-STRING, NAME = "<str>", "<name>"  # the placeholders of every string literal and of the file's own names
-_LAYOUT = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}  # read, never compared
-
-
-def import_bindings(text: str) -> dict:
-    """{name the file binds by an import: the dotted path it stands for}: `import torch as T` binds T to
-    torch, `import torch.nn as nn` nn to torch.nn, `from torch.nn import Linear` Linear to
-    torch.nn.Linear; so that every way of writing one library name reads the same. {} when the file
-    does not parse."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, RecursionError, MemoryError, ValueError):
-        return {}
-    bindings = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.asname:
-                    bindings[alias.asname] = alias.name
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            for alias in node.names:
-                if alias.name != "*":
-                    bindings[alias.asname or alias.name] = f"{node.module}.{alias.name}"
-    return bindings
-
-
-def defined_names(text: str):
-    """(names, attributes) the file itself defines, or None when it does not parse. names: functions,
-    classes, arguments, assigned names, caught exceptions; attributes (read after a dot): assigned
-    attributes, class attributes and functions (methods). Kept apart so that a local `mean` does not
-    hide torch.mean. ast.walk is iterative, but ast.parse may give up on a deeply nested expression."""
-    try:
-        tree = ast.parse(text)
-    except (SyntaxError, RecursionError, MemoryError, ValueError):
-        return None
-    names, attributes = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-            attributes.add(node.name)  # methods are read as self.name
-            if isinstance(node, ast.ClassDef):  # and so are class attributes
-                for statement in node.body:
-                    targets = statement.targets if isinstance(statement, ast.Assign) else \
-                        [statement.target] if isinstance(statement, ast.AnnAssign) else []
-                    attributes.update(target.id for target in targets if isinstance(target, ast.Name))
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            attributes.add(node.attr)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-    return names, attributes
-
-
-def _code_tokens(text: str) -> list:
-    """(type, string) of the file's tokens but comments, blank lines and the encoding; a file that
-    stops tokenizing (an unclosed bracket or string) keeps the tokens before the error."""
-    tokens = []
-    try:
-        for token in tokenize.generate_tokens(io.StringIO(text).readline):
-            if token.type in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING) \
-                    or token.type == tokenize.ERRORTOKEN and token.string.isspace():
-                continue
-            tokens.append((token.type, token.string))
-    except (tokenize.TokenError, SyntaxError):
-        pass
-    return tokens
-
-
-def normalised_tokens(text: str) -> list:
-    """The file as a list of token strings that does not depend on layout, comments, docstrings,
-    string contents or the names the file defines: those names all become NAME (library names such
-    as torch, nn.Linear, F.relu stay), every string literal STRING, and a statement that is only a
-    string (a docstring) is dropped. In a file that does not parse every identifier becomes NAME."""
-    defined = defined_names(text)
-    bindings = import_bindings(text)
-    tokens = _code_tokens(text)
-    out, previous, i = [], (tokenize.NEWLINE, ""), 0
-    while i < len(tokens):
-        kind, string = tokens[i]
-        if kind == tokenize.STRING:
-            end = i + 1
-            while end < len(tokens) and tokens[end][0] == tokenize.STRING:
-                end += 1
-            alone = previous[0] in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) \
-                and (end == len(tokens) or tokens[end][0] in (tokenize.NEWLINE, tokenize.ENDMARKER))
-            if not alone:
-                out.append(STRING)  # implicitly joined strings are one literal
-            previous, i = tokens[end - 1], end
-            continue
-        if kind == tokenize.NAME and not keyword.iskeyword(string):
-            if previous[1] != "." and string in bindings and (defined is None or string not in defined[0]):
-                # an imported name as its full path: T.zeros, torch.zeros; Linear, nn.Linear, torch.nn.Linear
-                path = bindings[string].split(".")
-                out.extend(token for part in path for token in (part, "."))
-                out.pop()
-            elif defined is None:
-                out.append(NAME)
-            elif previous[1] in ("(", ",") and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
-                # a keyword argument, the callee's parameter: `device=device` must read as `device=dev`
-                # once a copy renames its own argument, and a copy renames its own functions' keywords
-                out.append(NAME)
-            else:
-                names, attributes = defined
-                out.append(NAME if string in (attributes if previous[1] == "." else names) else string)
-        elif kind not in _LAYOUT:
-            out.append(string)
-        previous, i = tokens[i], i + 1
-    return out
+def tree_kgrams(text: str) -> list:
+    """The hashes of each sequence's k-grams, one list per sequence: no k-gram spans two functions."""
+    return [kgram_hashes(sequence, TREE_KGRAM) for sequence in tree_sequences(text)]
 
 
 def kgram_hashes(tokens: list, k: int = KGRAM) -> list:
@@ -175,14 +75,26 @@ def winnow(hashes: list, window: int = WINDOW) -> set:
 @functools.lru_cache(maxsize=4)
 def _template_kgrams(template: str) -> frozenset:
     # Every k-gram of the template, not only its winnowed ones: which k-gram a window picks depends
-    # on its neighbours, and a student's window around starter code has other neighbours.
-    return frozenset(kgram_hashes(normalised_tokens(template)))
+    # on its neighbours, and a student's window around starter code has other neighbours. Both views'.
+    tree = {(TREE, value) for hashes in tree_kgrams(template) for value in hashes}
+    return frozenset(kgram_hashes(normalised_tokens(template))) | frozenset(tree)
 
 
 def fingerprints(text: str, template: str = "") -> set:
     """The winnowed fingerprints of `text` that do not occur in `template` (the starter code every
-    student was given)."""
-    return winnow(kgram_hashes(normalised_tokens(text))) - _template_kgrams(template)
+    student was given), of both views: the token view's as ints, the tree view's as (TREE, int). A
+    tree view with fewer than MIN_FINGERPRINTS of its own is left out: a few lines read without their
+    names match a few lines of anyone's."""
+    removed = _template_kgrams(template)
+    tokens = winnow(kgram_hashes(normalised_tokens(text))) - removed
+    tree = {(TREE, value) for hashes in tree_kgrams(text) for value in winnow(hashes, TREE_WINDOW)} - removed
+    return tokens | tree if len(tree) >= MIN_FINGERPRINTS else tokens
+
+
+def views(prints: set) -> tuple:
+    """(the token view's fingerprints, the tree view's) of a set fingerprints() made."""
+    tree = {value for value in prints if isinstance(value, tuple)}
+    return prints - tree, tree
 
 
 def containment(a: set, b: set) -> float:
@@ -191,9 +103,12 @@ def containment(a: set, b: set) -> float:
 
 
 def source_similarity(a: set, b: set) -> float:
-    """The larger of the two containments: how much of the smaller (copied) file is inside the
-    other, which unused code added to either cannot dilute."""
-    return max(containment(a, b), containment(b, a))
+    """The larger of the two containments, in the view that finds the pair more alike: how much of
+    the smaller (copied) file is inside the other, which unused code added to either cannot dilute;
+    in its tokens, or, when a rewrite changed them and not what the code does, in its normal form."""
+    (tokens_a, tree_a), (tokens_b, tree_b) = views(a), views(b)
+    return max(containment(tokens_a, tokens_b), containment(tokens_b, tokens_a),
+               containment(tree_a, tree_b), containment(tree_b, tree_a))
 
 
 @functools.lru_cache(maxsize=1)
@@ -235,10 +150,11 @@ def similarity_report(records: list, folders: dict, weights: dict = None, digest
             why = ""
             try:
                 found = fingerprints(read_source(folders[name] / SOLUTION_FILE), template)
-                if len(found) >= MIN_FINGERPRINTS:
+                own = len(views(found)[0])  # judged by its tokens, which every file has (its tree: fingerprints())
+                if own >= MIN_FINGERPRINTS:
                     prints[name] = found
                 else:
-                    why = f"fingerprints beyond the starter template: {len(found)}, fewer than {MIN_FINGERPRINTS}"
+                    why = f"fingerprints beyond the starter template: {own}, fewer than {MIN_FINGERPRINTS}"
             except Exception as error:  # RecursionError, MemoryError, UnicodeDecodeError, ...: this student only
                 why = one_line(error)
             if why:
