@@ -205,7 +205,8 @@ def recompute(base: Path, name: str, task: str, latent_dim: int, tiny_valid: Pat
     secret = (base / "grades" / "grades_results" / "secret").read_bytes()
     record = next(r for r in json.loads((base / "grades" / "grades.json").read_text())["students"]
                   if r["student"] == name)
-    half = phases.decode_rows(task, codes, labels, secret)["moved"]
+    key = cache.student_secret(secret, name, record["hand_in_sha256"])
+    half = phases.decode_rows(task, codes, labels, key)["moved"]
     moved = np.load(base / "work" / name / record["decode_phases"]["moved"] / task / "decoded.npy")
     return grade_arrays(task, images, labels, recon, phases.split_decoded(moved, half)["samples"], latent_dim)
 
@@ -276,6 +277,10 @@ def test_table_report_and_progress_lines(graded):
     for name in ("decode_1.log", "decode_2.log"):
         assert "Genwithlabel: decoding 1200 codes" in (logs / name).read_text()
         assert "VAE0label: decoding 200 codes" in (logs / name).read_text()
+    # each student's draws and shuffles are their own (a probe that prints its rows learns no one else's)
+    work = graded["base"] / "work"
+    fed = [np.load(work / name / "inputs" / "decode_1" / "Genwithlabel" / "labels.npy") for name in HONEST]
+    assert not np.array_equal(fed[0], fed[1])
     assert report["isolated"] == ISOLATED and report["seconds"] > 0
     assert all(r["seconds"] > 0 for name, r in graded["records"].items() if name != "syntax")
 
@@ -838,7 +843,7 @@ def test_text_a_students_process_wrote_cannot_break_the_tables(tmp_path):
     paths = reports.write_tables(records, tmp_path / "grades.csv", {"isolation": "test", "isolated": True})
     markdown = paths[1].read_text()
     rows = [line for line in markdown.splitlines() if line.startswith("| mallory") or line.startswith("| alice")]
-    assert len(rows) == 2 and "<!--" not in markdown and "&lt;!--" in rows[0]
+    assert len(rows) == 2 and "<!--" not in markdown and "&lt;\\!--" in rows[0]
     # the injected heading stays inside its cell: one line begins with it, the report's own
     assert [line for line in markdown.splitlines() if line.startswith("## Integrity flags")] == ["## Integrity flags"]
     with open(paths[0], newline="") as handle:

@@ -4,6 +4,8 @@ and the logs keep. The crossings that need a graded batch are in test_autograde.
 test_intake.py."""
 import argparse
 import csv
+import os
+import re
 import subprocess
 import uuid
 from types import SimpleNamespace
@@ -14,7 +16,7 @@ import pytest
 from conftest import ROOT
 from data_utils import load_split, resolve_split
 from tools import autograde, kit, sandbox
-from tools.autograde import orchestration, phases, reports
+from tools.autograde import cache, orchestration, phases, reports
 
 
 def test_the_lab_copy_is_the_labs_modules_not_what_lies_in_the_checkout():
@@ -70,6 +72,7 @@ def test_the_two_decode_processes_are_handed_the_same_shape_of_everything(tmp_pa
     def run_phase(batch, name, command, cpu_seconds, read_only=(), **options):
         calls.append({"name": name, "command": [str(c) for c in command], "cpu": cpu_seconds,
                       "read_only": [str(p) for p in read_only]})
+        assert len(list((tmp_path / "base" / "inputs").iterdir())) == 2  # both feeds exist before the first runs
         work = tmp_path / "base" / name
         for task in ("VAE0label", "Genwithlabel"):
             rows = len(np.load(tmp_path / "base" / "inputs" / name / task / "labels.npy"))
@@ -98,6 +101,10 @@ def test_the_two_decode_processes_are_handed_the_same_shape_of_everything(tmp_pa
         for task in ("VAE0label", "Genwithlabel"):
             rows = [np.load(tmp_path / "base" / "inputs" / f"decode_{n}" / task / "labels.npy") for n in (1, 2)]
             assert sorted(rows[0].tolist()) == sorted(rows[1].tolist())
+            # both fed before either ran, dated alike: a file's time tells the second phase nothing
+            stamps = {os.stat(path).st_mtime for n in (1, 2) for path in
+                      (tmp_path / "base" / "inputs" / f"decode_{n}" / task).iterdir()}
+            assert stamps == {phases.FEED_TIME}
         assert decoded["Genwithlabel"]["samples"].shape == (10, 100, 28, 28)
         orders.add(student.record["decode_phases"]["verified"])
     assert orders == {"decode_1", "decode_2"}  # the verified decode runs first for some secrets, second for others
@@ -106,7 +113,8 @@ def test_the_two_decode_processes_are_handed_the_same_shape_of_everything(tmp_pa
 def test_a_csv_cell_never_starts_a_formula(tmp_path):
     """OWASP's CSV injection: text that a student's process wrote (an error, a note) or a folder name that
     starts like a formula is written as text."""
-    hostile = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r@x", "\uff1dcmd", "  =1+1"]
+    hostile = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\t=1+1", "\r@x", "\uff1dcmd", "  =1+1",
+               "\u00a0=1+1"]
     records = [{"student": name, "tasks": {}, "errors": [name], "flags": [], "notes": [name]} for name in hostile]
     records.append({"student": "ann", "tasks": {"VAE0label": {"score": -0.5, "ssim": 0.1, "mse": 0.2}},
                     "errors": [], "flags": [], "notes": []})
@@ -130,3 +138,53 @@ def test_a_phase_log_keeps_its_head_and_tail(tmp_path):
     small.write_bytes(b"short")
     sandbox.trim_log(small, head=100, tail=100)
     assert small.read_bytes() == b"short"
+
+
+def test_a_markdown_cell_never_becomes_a_link_or_an_image(tmp_path):
+    """Round 3: a decode warning of `![](https://...pixel.png) [sign in](https://...)` reached grades.md's notes
+    as a remote image and a link. Every character Markdown reads inside a line is escaped."""
+    hostile = "![](https://evil.example/pixel.png?who=x) [**Regrade: sign in**](https://evil.example/login) _a_ ~b~"
+    records = [{"student": "mallory", "tasks": {}, "errors": [hostile], "flags": [], "notes": [hostile]}]
+    markdown = reports.write_tables(records, tmp_path / "grades.csv", {"isolation": "test", "isolated": True})[1]
+    text = markdown.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| mallory"))
+    assert not re.search(r"(?<!\\)[\[\]()!*_~`]", row)  # every such character escaped: no link, image, emphasis
+    assert "\\!\\[\\]\\(https://evil.example/pixel.png?who=x\\)" in row
+    assert row.count(" | ") == len(reports.TABLE_COLUMNS) - 1  # no cell broke out of its column
+
+
+def test_each_student_and_each_hand_in_gets_randomness_of_its_own():
+    """Round 3 red team: one secret for the whole batch and its reruns let a probe print its moved rows and
+    a second hand-in subtract the moves. The key mixes the student and the intake's digest of the hand-in."""
+    secret = bytes(range(32))
+    keys = {cache.student_secret(secret, slot, digest) for slot in ("ann", "bob") for digest in ("d1", "d2")}
+    assert len(keys) == 4
+    assert cache.student_secret(secret, "ann", "d1") == cache.student_secret(secret, "ann", "d1")  # a rerun
+    codes = np.zeros((50, 4), np.float32)  # a probe's codes: its moved rows would be the moves themselves
+    labels = np.arange(50) % 10
+    probe, again = (phases.decode_rows("Genwithlabel", codes, labels, cache.student_secret(secret, "ann", d))
+                    for d in ("d1", "d2"))
+    for kind in ("verified", "moved"):
+        assert not np.array_equal(probe[kind]["order"], again[kind]["order"])
+    assert not np.allclose(np.sort(probe["moved"]["codes"], axis=0), np.sort(again["moved"]["codes"], axis=0))
+
+
+def test_a_sample_copied_from_the_validation_split_is_a_copy(tmp_path, tiny_valid):
+    """Round 3 red team: 100 validation digits per label kept in the source, returned for the draws, were no
+    copy of the training or grading images (FID 16.2 -> 6.9, unflagged). Every split a student holds is searched."""
+    from tools.autograde import integrity
+    images, labels = load_split("valid")
+    held = tmp_path / "valid_part.npz"
+    np.savez(held, images=images[6000:7000], labels=labels[6000:7000])
+    train = tmp_path / "train_part.npz"
+    train_images, train_labels = load_split("train")
+    np.savez(train, images=train_images[:3000], labels=train_labels[:3000])
+    batch = orchestration.Batch(parsed("--data_path", tiny_valid, "--valid_data", held, "--train_data", train,
+                                       "--inf_num", 100))
+    assert [bank.name for bank in batch.banks] == ["train", "grading", "validation"]
+    part_images, part_labels = images[6000:7000], labels[6000:7000]
+    samples = np.stack([part_images[part_labels == c][:10] for c in range(10)])
+    check = integrity.copy_check(samples, batch.banks, batch.copy_thresholds)
+    assert check["flagged"] and check["fraction"] == 1.0
+    assert {example["split"] for example in check["examples"]} == {"validation"}
+    assert not integrity.copy_check(samples, batch.banks[:2], batch.copy_thresholds)["flagged"]  # as before the fix

@@ -3,6 +3,7 @@
 splits), so that a rerun grades only what changed. Also the grader's secret, kept beside the results
 so that a batch's randomness can be reproduced and never read by a student's process."""
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -37,6 +38,14 @@ def grader_secret(folder: Path) -> bytes:
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(secret)
     return secret
+
+
+def student_secret(secret: bytes, slot: str, handed_in: str) -> bytes:
+    """One student's key for the grader's moves, draws and shuffles: the batch's secret mixed with the
+    student and the intake's digest of what they handed in. A student who learns their own randomness
+    (a decode that prints its rows) learns nothing of a classmate's, nor of their own next hand-in's
+    (round 3: one secret for the whole batch and its reruns let a second hand-in undo the moves)."""
+    return hmac.new(secret, f"{slot}/{handed_in}".encode(), hashlib.sha256).digest()
 
 
 def file_digest(path: Path, digest=None):

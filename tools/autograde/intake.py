@@ -1,29 +1,31 @@
 """The intake: the only code of the grader that touches a student's hand-in outside a sandbox.
 
-    digest = take_in(SUBMISSIONS/<student>, STORE/<slot>)   # LabError: what was refused, in one line
+    notes = []
+    digest = take_in(SUBMISSIONS/<student>, STORE/<slot>, notes)   # LabError: why it was refused, one line
 
-It copies the hand-in into the grader's own store and computes, while copying, the digest that the
-resume cache keys on; from then on the grader (fingerprint, phases, similarity, reports) reads only
-the copy. What crosses here is whatever a student (or a classmate with write access to the class
-folder) put in the folder, so every property of it is bounded before it costs anything:
+What crosses here is whatever a student (or a classmate with write access to the class folder) left in
+the folder, so every property of it is bounded before it costs anything, and the grader reads only
+what it grades:
 
-  names       handled as bytes (os.fsencode): a name that is not UTF-8 is copied and hashed as it is
-  depth       at most MAX_DEPTH folders deep, walked with a stack (no recursion)
-  count       at most MAX_FILES files and folders
-  size        each file at most MAX_FILE_BYTES and all together MAX_TOTAL_BYTES, by st_size before a
-              byte is read (a sparse file of 15 TiB that takes no disk is refused at once), and no
-              more than st_size bytes read (a file that grows while read is refused)
-  kinds       plain folders and plain files only: symbolic links (at any level, the student's folder
-              itself included), named pipes, sockets and devices are refused. A hard link is a
-              plain file with a second name: its bytes are copied and graded as they are, and it is
-              listed (the caller notes it). It is not refused, because nothing tells its owner from
-              the student who linked it (both names count the same), and backup tools link honest
-              files too; a classmate's checkpoint or source handed in this way is found as a copy
-              would be, by the grader's own hash (same-checkpoint) and similar-source
+  graded files  submission.py and checkpoints/<task>.pth are copied into the grader's store, which
+                everything after reads (the phases, the fingerprint, similarity). A symbolic link at
+                any level of their paths (the student's folder itself included), a named pipe, a
+                socket or a device there, or a file over MAX_FILE_BYTES by st_size, refuses the
+                hand-in: that student's error, in one line
+  the rest      walked and hashed for the fingerprint, never kept: names as bytes (os.fsencode), at
+                most MAX_DEPTH folders deep and MAX_FILES entries, each file at most MAX_FILE_BYTES
+                and all MAX_TOTAL_BYTES by st_size before a byte is read (a sparse file of 15 TiB that
+                takes no disk is never read). What is not a plain file or folder, or lies past a
+                bound, is skipped with a note: an editor's lock link or a stray virtual environment
+                costs an honest student nothing
+  hard links    a plain file with a second name is read as it is and noted: nothing tells its owner
+                from the student who linked it (both names count the same), and backup tools link
+                honest files. A classmate's file handed in this way is found as a copy would be, by
+                the grader's own hash (same-checkpoint) and similar-source
 
 Every open is relative to an already opened folder, with O_NOFOLLOW, and the type is checked on the
-open descriptor, so a link swapped in between two steps is refused too. A refusal is that student's
-error ("hand in plain files"); the other students are not affected.
+open descriptor, so a link swapped in between two steps is refused too; no more than st_size bytes
+are read (a file that grows while read is refused). The walk keeps a stack: no recursion.
 """
 import errno
 import hashlib
@@ -33,11 +35,15 @@ import unicodedata
 from pathlib import Path
 
 from data_utils import LabError
+from tasks import TASKS
+from tools.kit import SOLUTION_FILE
 
-MAX_DEPTH = 8             # folders below the student's folder (checkpoints/ is 1)
-MAX_FILES = 2000          # files and folders together
-MAX_FILE_BYTES = 1 << 30  # one file: a checkpoint is the largest thing a hand-in needs
+GRADED = (SOLUTION_FILE, *(f"checkpoints/{task}.pth" for task in TASKS))
+MAX_DEPTH = 8              # folders below the student's folder (checkpoints/ is 1)
+MAX_FILES = 2000           # files and folders together
+MAX_FILE_BYTES = 1 << 30   # one file: a checkpoint is the largest thing a hand-in needs
 MAX_TOTAL_BYTES = 3 << 30  # the whole hand-in: two checkpoints of the largest size, and room for the rest
+MAX_NOTES = 5              # skipped entries named in the notes; the others are counted
 _BLOCK = 1 << 20
 
 
@@ -48,6 +54,10 @@ def shown(name) -> str:
     text = raw.decode("utf-8", "backslashreplace")
     return "".join(char.encode("unicode_escape").decode() if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp")
                    else char for char in text)
+
+
+class _Skip(Exception):
+    """An entry outside the graded files that is not read: a note, not an error."""
 
 
 def _refuse(relative: bytes, why: str):
@@ -63,9 +73,9 @@ def _open_folder(name, dir_fd, relative: bytes) -> int:
         raise LabError(f"{shown(relative) or 'the folder'} cannot be read: {error.strerror}") from None
 
 
-def _copy_file(name, dir_fd, relative: bytes, target: Path, digest, budget: list, linked: list) -> None:
-    """Copy one entry that lstat called a regular file; `budget` is [files left, bytes left]; a file with
-    more than one name (a hard link) is added to `linked`."""
+def _read_file(name, dir_fd, relative: bytes, target, digest, budget: list, notes: list) -> None:
+    """Hash (and copy to `target`, unless None) one entry that lstat called a regular file; `budget` is
+    [entries left, bytes left]."""
     try:
         handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
     except OSError as error:
@@ -76,82 +86,135 @@ def _copy_file(name, dir_fd, relative: bytes, target: Path, digest, budget: list
         info = os.fstat(handle)
         if not stat.S_ISREG(info.st_mode):
             _refuse(relative, "is not a regular file (a named pipe, socket or device)")
-        if info.st_nlink != 1:  # copied as it is; the caller notes it (a classmate's file is flagged by its hash)
-            linked.append(f"{shown(relative)} ({info.st_nlink} names)")
         if info.st_size > MAX_FILE_BYTES:
             raise LabError(f"{shown(relative)} is {info.st_size:,} bytes, more than the {MAX_FILE_BYTES:,} a file of a "
                            f"hand-in may have")
-        budget[1] -= info.st_size
-        if budget[1] < 0:
+        if info.st_size > budget[1]:
             raise LabError(f"the hand-in is more than {MAX_TOTAL_BYTES:,} bytes together at {shown(relative)}: "
                            f"hand in submission.py and checkpoints/ only")
+        budget[1] -= info.st_size
+        if info.st_nlink != 1:
+            notes.append(f"{shown(relative)} has {info.st_nlink} names (a hard link): read as it is")
         digest.update(b"file\0" + relative + b"\0" + str(info.st_size).encode() + b"\0")
         left = info.st_size
-        with open(target, "xb") as out:
+        out = open(target, "xb") if target is not None else None
+        try:
             while left > 0:
                 block = os.read(handle, min(_BLOCK, left))
                 if not block:
                     break
                 left -= len(block)
                 digest.update(block)
-                out.write(block)
+                if out is not None:
+                    out.write(block)
+        finally:
+            if out is not None:
+                out.close()
         if left or os.read(handle, 1):
-            raise LabError(f"{shown(relative)} changed while it was copied: hand in files that no process is writing")
+            raise LabError(f"{shown(relative)} changed while it was read: hand in files that no process is writing")
     finally:
         os.close(handle)
 
 
-def take_in(folder: Path, store: Path, linked: list = None) -> str:
-    """Copy the hand-in `folder` into `store` (which must not exist yet) within the bounds above; return
-    the sha256 of the copy's tree (names as bytes, kinds, sizes and contents, in byte order of names).
-    Files with several names (hard links) are copied and listed in `linked`. Raises LabError naming the
-    first thing refused; `store` is then incomplete and must not be used."""
-    linked = [] if linked is None else linked
-    digest = hashlib.sha256(b"hand-in v1\0")
+def _take_graded(root_fd: int, store: Path, digest, budget: list, notes: list) -> None:
+    """Copy the files the grader reads, strictly: any problem on their paths is the student's error."""
+    for relative in GRADED:
+        parts = [os.fsencode(part) for part in relative.split("/")]
+        dir_fd, path = os.dup(root_fd), b""
+        try:
+            for part in parts[:-1]:
+                path = path + b"/" + part if path else part
+                try:
+                    os.lstat(part, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    break
+                inner = _open_folder(part, dir_fd, path)
+                os.close(dir_fd)
+                dir_fd = inner
+            else:
+                try:
+                    info = os.lstat(parts[-1], dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(info.st_mode):
+                    _refuse(os.fsencode(relative), "is a symbolic link")
+                target = store / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _read_file(parts[-1], dir_fd, os.fsencode(relative), target, digest, budget, notes)
+        finally:
+            os.close(dir_fd)
+
+
+def _walk_rest(root_fd: int, digest, budget: list, notes: list) -> None:
+    """Hash every other entry within the bounds; what is not a plain file or folder, or lies past a bound,
+    is skipped with a note (and counted in the digest), never read."""
+    graded = {os.fsencode(relative) for relative in GRADED}
+    skipped = []
+    stack = [(os.dup(root_fd), b"", 0)]
+    try:
+        while stack:
+            dir_fd, relative, depth = stack.pop()
+            try:
+                names = []
+                with os.scandir(dir_fd) as entries:  # counted while listed: a million names cost nothing
+                    for entry in entries:
+                        if budget[0] <= 0:
+                            skipped.append(f"{shown(relative) or 'the folder'}: more than {MAX_FILES:,} files and "
+                                           f"folders, the rest not read")
+                            while stack:
+                                os.close(stack.pop()[0])
+                            break
+                        budget[0] -= 1
+                        names.append(os.fsencode(entry.name))
+                for name in sorted(names):
+                    inner = relative + b"/" + name if relative else name
+                    if inner in graded:
+                        continue
+                    try:
+                        info = os.lstat(name, dir_fd=dir_fd)
+                        if stat.S_ISDIR(info.st_mode):
+                            if depth + 1 > MAX_DEPTH:
+                                raise _Skip(f"more than {MAX_DEPTH} folders deep, not read")
+                            digest.update(b"folder\0" + inner + b"\0")
+                            stack.append((_open_folder(name, dir_fd, inner), inner, depth + 1))
+                        elif stat.S_ISREG(info.st_mode):
+                            if info.st_size > min(MAX_FILE_BYTES, budget[1]):
+                                raise _Skip(f"{info.st_size:,} bytes, past the hand-in's bounds, not read")
+                            _read_file(name, dir_fd, inner, None, digest, budget, notes)
+                        else:
+                            raise _Skip("a symbolic link" if stat.S_ISLNK(info.st_mode)
+                                        else "not a regular file (a named pipe, socket or device)")
+                    except (_Skip, LabError, FileNotFoundError) as why:
+                        digest.update(b"skipped\0" + inner + b"\0")
+                        skipped.append(f"{shown(inner)}: {why if not isinstance(why, FileNotFoundError) else 'vanished'}")
+            finally:
+                os.close(dir_fd)
+    finally:
+        for dir_fd, *_ in stack:
+            os.close(dir_fd)
+    if skipped:
+        more = f" (and {len(skipped) - MAX_NOTES} more)" if len(skipped) > MAX_NOTES else ""
+        notes.append("not read (not graded): " + "; ".join(skipped[:MAX_NOTES]) + more)
+
+
+def take_in(folder: Path, store: Path, notes: list = None) -> str:
+    """Copy the graded files of the hand-in `folder` into `store` (which must not exist yet) and hash the
+    rest, within the bounds above; return the sha256 of what was read (names as bytes, kinds, sizes and
+    contents, in byte order of names), which the resume cache keys on. What the TA should know (hard
+    links, skipped entries) is added to `notes`. Raises LabError naming what refused the hand-in;
+    `store` is then incomplete and must not be used."""
+    notes = [] if notes is None else notes
+    digest = hashlib.sha256(b"hand-in v2\0")
     budget = [MAX_FILES, MAX_TOTAL_BYTES]
     parent_fd = os.open(Path(folder).parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         root_fd = _open_folder(Path(folder).name, parent_fd, b"")
     finally:
         os.close(parent_fd)
-    os.makedirs(store)
-    stack = [(root_fd, b"", Path(store), 0)]
     try:
-        while stack:
-            dir_fd, relative, target, depth = stack.pop()
-            try:
-                names = []
-                with os.scandir(dir_fd) as entries:  # counted while listed: a million names cost nothing
-                    for entry in entries:
-                        names.append(os.fsencode(entry.name))
-                        budget[0] -= 1
-                        if budget[0] < 0:
-                            raise LabError(f"the hand-in has more than {MAX_FILES:,} files and folders: hand in "
-                                           f"submission.py and checkpoints/ only")
-                for name in sorted(names):
-                    inner = relative + b"/" + name if relative else name
-                    try:
-                        info = os.lstat(name, dir_fd=dir_fd)
-                    except FileNotFoundError:
-                        raise LabError(f"{shown(inner)} vanished while it was copied: hand in files that no "
-                                       f"process is changing") from None
-                    if stat.S_ISDIR(info.st_mode):
-                        if depth + 1 > MAX_DEPTH:
-                            raise LabError(f"{shown(inner)} lies more than {MAX_DEPTH} folders deep")
-                        digest.update(b"folder\0" + inner + b"\0")
-                        inner_fd = _open_folder(name, dir_fd, inner)
-                        os.mkdir(target / os.fsdecode(name))
-                        stack.append((inner_fd, inner, target / os.fsdecode(name), depth + 1))
-                    elif stat.S_ISLNK(info.st_mode):
-                        _refuse(inner, "is a symbolic link")
-                    elif stat.S_ISREG(info.st_mode):
-                        _copy_file(name, dir_fd, inner, target / os.fsdecode(name), digest, budget, linked)
-                    else:
-                        _refuse(inner, "is not a regular file (a named pipe, socket or device)")
-            finally:
-                os.close(dir_fd)
-    except BaseException:
-        for dir_fd, *_ in stack:  # the folders opened but not walked
-            os.close(dir_fd)
-        raise
+        os.makedirs(store)
+        _take_graded(root_fd, Path(store), digest, budget, notes)
+        _walk_rest(root_fd, digest, budget, notes)
+    finally:
+        os.close(root_fd)
     return digest.hexdigest()

@@ -17,7 +17,8 @@ from data_utils import LabError, load_split, resolve_split
 from tasks import LATENT_RANGE, TASK_RECORDS, TASKS
 from tools import sandbox
 from tools.jobs import run_jobs
-from tools.autograde.cache import code_and_data_digest, grader_secret, load_result, results_fingerprint, save_result
+from tools.autograde.cache import (code_and_data_digest, grader_secret, load_result, results_fingerprint, save_result,
+                                   student_secret)
 from tools.autograde.batch import Batch, process_batch  # noqa: F401
 from tools.autograde.intake import shown, take_in
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, Phases, Student, build_lab,
@@ -188,7 +189,8 @@ def grade_one(job: dict) -> dict:
             sandbox.remove_tree(scratch)
         for log in logs.glob("*.log"):
             sandbox.trim_log(log)
-    record.update(seconds=round(time.perf_counter() - started, 2), host=socket.gethostname(), isolation=isolation)
+    record.update(seconds=round(time.perf_counter() - started, 2), host=socket.gethostname(), isolation=isolation,
+                  hand_in_sha256=job["hand_in"])
     return {"record": record, "weights": student.weights if student else {},
             "digests": student.checkpoint_sha256 if student else {}}
 
@@ -270,11 +272,11 @@ def autograde(args) -> list:
     lab_digest = code_and_data_digest(args)
     sandbox.remove_tree(store)
     store.mkdir(parents=True)
-    fingerprints, todo, intake_notes = {}, [], {}
+    fingerprints, todo, intake_notes, keys = {}, [], {}, {}
     for number, folder in enumerate(folders):
-        linked = []
+        notes = []
         try:  # the only read of the hand-in: everything after it reads the grader's copy
-            handed_in = take_in(folder, store / slots[folder], linked)
+            handed_in = take_in(folder, store / slots[folder], notes)
         except LabError as error:
             keep(number, {"record": failed_record(names[folder], f"hand-in: {error}"), "weights": {}, "digests": {}})
             _print(f"[{number + 1}/{len(folders)}] {names[folder]}: hand-in refused: {clean_text(error)}")
@@ -284,13 +286,14 @@ def autograde(args) -> list:
                           "weights": {}, "digests": {}})
             continue
         fingerprints[number] = results_fingerprint(args, handed_in, lab_digest, enforced)
+        keys[number] = (student_secret(secret, slots[folder], handed_in).hex(), handed_in)
         saved = load_result(results_root, slots[folder], fingerprints[number], args.require_isolation)
         if saved is not None:
             keep(number, saved)
+            sandbox.remove_tree(store / slots[folder] / "checkpoints")  # only submission.py is read again
         else:
             todo.append(number)
-        intake_notes[number] = [f"hand-in: {clean_text(', '.join(linked))} had more than one name (hard links); "
-                                f"graded as copied, and compared with the class like any file"] if linked else []
+        intake_notes[number] = [f"hand-in: {clean_text(note)}" for note in notes]
     graded_before = sum(1 for number in fingerprints if number not in todo)
     if graded_before:
         _print(f"resumed: {graded_before} of {len(folders)} students already graded with these files, settings and "
@@ -307,6 +310,7 @@ def autograde(args) -> list:
         record = result["record"]
         record["notes"] = intake_notes.get(number, []) + record.get("notes", [])
         keep(number, result)
+        sandbox.remove_tree(store / slots[folder] / "checkpoints")  # graded: the store keeps only submission.py
         grades = ", ".join(f"{t} {record['tasks'][t]['score']:.2f}" for t in TASKS
                            if "score" in record["tasks"].get(t, {})) or "no grade"
         _print(f"[{number + 1}/{len(folders)}] {names[folder]}: done in {record['seconds']:.1f} s: {grades}"
@@ -322,7 +326,8 @@ def autograde(args) -> list:
             _print(f"warning: the tables could not be updated after {names[folder]}: {one_line(failure)}")
 
     jobs = [{"args": args, "folder": str(store / slots[folders[n]]), "slot": slots[folders[n]],
-             "name": names[folders[n]], "secret": secret.hex(), "logs": str(logs_root / slots[folders[n]]),
+             "name": names[folders[n]], "secret": keys[n][0], "hand_in": keys[n][1],
+             "logs": str(logs_root / slots[folders[n]]),
              "prefix": f"[{n + 1}/{len(folders)}] {names[folders[n]]}"}
             for n in todo]
     run_jobs(grade_one, jobs, done, backend=args.backend, workers=args.jobs, scheduler=args.scheduler,

@@ -4,6 +4,7 @@ import csv
 import html
 import io
 import json
+import re
 from pathlib import Path
 
 from data_utils import atomic_write_bytes
@@ -40,11 +41,15 @@ def table_rows(records: list) -> list:
     return rows
 
 
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
 def text(value) -> str:
     """Text for the Markdown report that Markdown and HTML read as nothing but text: what a student's
-    process wrote (quoted in an error, a note, a name) cannot end a row, open a comment or hide a
-    section."""
-    return html.escape(clean_text(value, 10_000), quote=False).replace("|", "\\|").replace("`", "\\`")
+    process wrote (quoted in an error, a note, a name) cannot end a row, open a comment, hide a section,
+    or become a link or an image (round 3: a remote tracking image and a sign-in link in a note). HTML
+    is escaped, then every character Markdown gives a meaning inside a line gets a backslash."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean_text(value, 10_000), quote=False))
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
@@ -53,9 +58,9 @@ FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", 
 def spreadsheet_safe(value) -> str:
     """A CSV cell that a spreadsheet shows as text, never runs: text starting like a formula (OWASP's
     CSV-injection characters, and their full-width forms), after any leading spaces, gets a leading
-    apostrophe. Numbers are written by repr and never pass here."""
+    apostrophe (any Unicode space: a no-break space too). Numbers are written by repr and never pass here."""
     text = "" if value is None else str(value)
-    return "'" + text if text.lstrip(" \u3000").startswith(FORMULA_STARTS) else text
+    return "'" + text if text.lstrip().startswith(FORMULA_STARTS) else text
 
 
 def write_tables(records: list, out: Path, report: dict) -> list:
