@@ -18,6 +18,9 @@ sys.path.insert(0, str(ROOT))
 def pytest_configure(config):
     config.addinivalue_line("markers", "derivation: checks the mathematics of docs/derivations.md itself, "
                                        "not project code")
+    config.addinivalue_line("markers", "slow: a whole batch, a real training run, a cluster or `bash run.sh`; "
+                                       "`python -m pytest -q -m \"not slow\" tests` is the edit loop's suite "
+                                       "(under a minute), the README's command runs everything")
 
 
 def run(script, *args, check=True, folder=ROOT):

@@ -31,6 +31,8 @@ from tools import autograde, kit, sandbox
 from tools.autograde import cache, intake, integrity, orchestration, phases, reports, similarity
 from trainer import TrainConfig
 
+pytestmark = pytest.mark.slow  # whole autograder batches
+
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
 # Two honest styles, each exercising a path of the grader that the cheats do not: a latent_dim other than
 # 8 read from the constructor's default, with a decode that works only batched (the handout's one-sample call

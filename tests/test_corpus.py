@@ -18,6 +18,8 @@ from skimage.metrics import structural_similarity
 
 from conftest import run
 
+pytestmark = pytest.mark.slow  # 14 submissions trained, inferred and graded
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = sorted((ROOT / "tests" / "submissions").glob("*.py"))
 LAB_FILES = ["contract.py", "checkpoint.py", "data_utils.py", "hardware.py", "tasks.py", "trainer.py", "train.py",

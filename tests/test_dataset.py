@@ -61,6 +61,7 @@ def test_dataset_items_and_batches():
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason="needs the raw MNIST files in ../shared/mnist")
+@pytest.mark.slow
 def test_rebuild_is_byte_identical(tmp_path):
     subprocess.run([sys.executable, str(DATASET_DIR / "build.py"), "--mnist_dir", MNIST_DIR, "--out_dir", tmp_path],
                    check=True, capture_output=True)

@@ -85,6 +85,7 @@ def test_frechet_distance_of_a_set_with_itself_is_zero(valid_features):
     assert ev.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_classifier_fid_is_near_its_floor_for_real_digits_and_far_for_wrong_ones(classifier, valid_features):
     images, labels, features = valid_features
     # 1000 validation digits play the generated set, the other 9000 the real one
@@ -127,6 +128,7 @@ def demo_model(tmp_path_factory, tiny_valid):
     return model_from_checkpoint(checkpoint).eval(), checkpoint["hyperparams"]["var"], images[:200], labels[:200]
 
 
+@pytest.mark.slow
 def test_negative_elbo_matches_the_training_loss(demo_model):
     """-ELBO = vae_loss (KL + ||x - recon||^2 / 2var, one draw of z) + 392 log(2 pi var), on average."""
     model, var, images, labels = demo_model

@@ -13,6 +13,8 @@ from conftest import ROOT
 from data_utils import LabError
 from tools import jobs
 
+pytestmark = pytest.mark.slow  # a real Dask cluster
+
 distributed = pytest.importorskip("distributed", reason="dask.distributed is a course extra (requirements-course.txt)")
 
 

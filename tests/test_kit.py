@@ -10,6 +10,8 @@ from conftest import ROOT, run
 from tools import course
 from tools.kit import strip_solution
 
+pytestmark = pytest.mark.slow  # the starter kit worked through to a graded submission
+
 
 def in_kit(kit, script, *args):
     """`python script args...` in the kit folder, with the kit's files only (conftest.run)."""

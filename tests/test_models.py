@@ -218,6 +218,7 @@ def test_genmodel_samples_each_class_mixture_with_its_weights():
     assert torch.allclose(model.decode(z, 7), expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_genmodel_eval_codes_sit_mid_slice_and_survive_the_autograders_perturbation():
     """Eval forward returns z[:, 0] and z[:, 1] in the middles of the row's and the column's slices
     of the nearest component, and z[:, 2:] = L^-1 (mu - m) / 0.8 (the spread); moving every number
@@ -279,6 +280,7 @@ def test_decoding_the_eval_codes_gives_the_reconstruction(name):
     assert torch.allclose(model.decode(mu, labels).reshape(6, 28, 28), recon_x.reshape(6, 28, 28), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_genmodel_needs_no_hook_of_our_trainer():
     """The reference answer stands alone: trained by a bare handout-style loop (forward, vae_loss,
     Adam) it samples as well as trained by the lab's Trainer with the same budget; both far better

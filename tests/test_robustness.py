@@ -28,6 +28,8 @@ from data_utils import DATASET_DIR, LabError, MNISTDataset, atomic_torch_save, a
 from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint
 from trainer import Trainer, TrainConfig
 
+pytestmark = pytest.mark.slow  # interrupts, kills and `bash run.sh` with real training runs
+
 # 640 images in batches of 16: 40 steps an epoch, long enough to land a signal inside one.
 # Every setting is spelled out: runs compared bit for bit must not depend on train.py's defaults.
 TRAIN = ["--task", "Genwithlabel", "--latent_dim", 4, "--batch_size", 16, "--epochs", 3, "--lr", 2e-3,

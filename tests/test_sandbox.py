@@ -19,6 +19,8 @@ sys.path.insert(0, str(ROOT))
 from tools import sandbox  # noqa: E402
 from tools.sandbox import CPU_GRACE_SECONDS, Limits, disk_usage, run_phase  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real child processes against the sandbox's time, CPU, disk and memory limits
+
 PY = sys.executable
 MiB = 1 << 20
 

@@ -479,4 +479,4 @@ def test_notes_are_listed_in_the_similarity_section(tmp_path):
     reports.write_tables([], tmp_path / "grades.csv", report)
     section = (tmp_path / "grades.md").read_text().split("## Similarity between students")[1]
     assert section.strip().splitlines() == ["- a and b: `similar-source` 0.800",
-                                            "- note: c: source not compared (RecursionError: too deep)"]
+                                            "- note: c: source not compared \\(RecursionError: too deep\\)"]
