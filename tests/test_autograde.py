@@ -380,7 +380,7 @@ def test_copied_pair_is_listed_in_the_similarity_section(graded):
     # copied_c: copied_a diluted by 48 unused lines, and a 600-term sum that crashed the first round's report
     assert ("similar-source", ("copied_a", "copied_c")) in pairs and ("similar-source", ("copied_b", "copied_c")) in pairs
     markdown = graded["out"].with_suffix(".md").read_text()
-    assert re.search(r"copied_a and copied_b: `similar-source` \d\.\d{3}", markdown)
+    assert re.search(r"copied\\_a and copied\\_b: `similar-source` \d\.\d{3}", markdown)
     assert "\n- note: starter: source not compared (fingerprints beyond the starter template: 0," in markdown
 
 
@@ -727,6 +727,10 @@ def test_source_latent_dim_reads_the_constructor_default_without_running_code():
     assert read("class CVAE:\n    def __init__(self, latent_dim=6): pass\nGenModel = CVAE\n", "GenModel") == 6
     assert read("import os\nos.system('touch /tmp/x')\n", "VAE") is None
     assert read("class VAE:\n    def __init__(self, latent_dim=2 ** 10): pass\n", "VAE") is None
+    # round 5 red team: a module constant was not followed, and an honest model trained at the fallback, 8
+    assert read("LATENT_DIM = 24\nclass VAE:\n    def __init__(self, latent_dim: int = LATENT_DIM): pass\n", "VAE") == 24
+    assert read("D: int = 5\nclass VAE:\n    def __init__(self, latent_dim=D): pass\n", "VAE") == 5
+    assert read("D = 5\nD = 6\nclass VAE:\n    def __init__(self, latent_dim=D): pass\n", "VAE") is None  # set twice
 
 
 def test_similarity_separates_the_copied_pair_from_the_honest_corpus():

@@ -246,3 +246,42 @@ def test_whatever_one_hand_in_holds_the_table_is_written_and_the_others_are_grad
         assert not (base / "grades" / "grades_intake").exists()  # the copies are the run's only
     finally:
         monkey.undo()
+
+
+def test_two_students_never_share_a_row_a_slot_or_a_name(tmp_path, tiny_valid):
+    """Round 5 red team: two folder names alike in their first 200 characters became one name in every table,
+    and the similarity check compared one of them under the other's source. Slots are stable too: a folder
+    added later never takes over another's saved result."""
+    assert orchestration.student_slot("alice") == "alice"
+    assert orchestration.student_slot("a b") != orchestration.student_slot("a_b")
+    assert orchestration.student_slot("a b") == orchestration.student_slot("a b")
+    assert orchestration.student_slot(".hidden") != ".hidden"
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(orchestration, "grade_student", quick_grade)
+    monkey.setattr(orchestration.Batch, "__init__", lambda self, args: setattr(self, "args", args)
+                   or setattr(self, "isolate", False))
+    monkey.setattr(orchestration.Batch, "write_budget", lambda self, folder: None)
+    try:
+        students = tmp_path / "class"
+        for suffix, source in (("_1_copier", "x = 1\n" * 3), ("_2_honest", "y = 2\n")):
+            (students / ("s" * 200 + suffix)).mkdir(parents=True)
+            (students / ("s" * 200 + suffix) / "submission.py").write_text(source)
+        parser = argparse.ArgumentParser()
+        autograde.add_arguments(parser)
+        out = tmp_path / "grades" / "grades.csv"
+        args = [str(students), "--out", str(out), "--data_path", str(tiny_valid), "--valid_data", str(tiny_valid),
+                "--train_data", str(tiny_valid), "--no_isolation"]
+        records = autograde.autograde(parser.parse_args(args))
+        names = [record["student"] for record in records]
+        assert len(set(names)) == 2
+        with open(out, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert len({row["student"] for row in rows}) == 2
+        assert sorted(float(row["VAE0label_grade"]) for row in rows) == sorted([len("y = 2\n") % 7, len("x = 1\n" * 3) % 7])
+        # a rerun after a folder sorting before both is added: each keeps its own saved result and name
+        (students / "a b").mkdir()
+        (students / "a b" / "submission.py").write_text("z = 3\n")
+        again = autograde.autograde(parser.parse_args(args))
+        assert [record["student"] for record in again][1:] == names
+    finally:
+        monkey.undo()

@@ -43,9 +43,9 @@ def test_codes_are_moved_by_a_share_of_their_spread_and_the_drop_is_judged_by_ha
 
     def scored(score):
         return {"score_uncapped": score, "ssim": 0.5, "mse": 0.02}
-    assert not integrity.perturbation_check(scored(10.0), scored(9.5))["flagged"]     # 5 %: honest
-    check = integrity.perturbation_check(scored(10.0), scored(8.0))
-    assert check["flagged"] and check["relative_drop"] == pytest.approx(0.2)
+    assert not integrity.perturbation_check(scored(10.0), scored(9.75))["flagged"]    # 2.5 %: within the tolerance
+    check = integrity.perturbation_check(scored(10.0), scored(9.6))                   # 4 %: past it
+    assert check["flagged"] and check["relative_drop"] == pytest.approx(0.04)
     assert not integrity.perturbation_check(scored(0.2), scored(0.11))["flagged"]     # 45 %, but 0.09 points
 
 

@@ -3,6 +3,8 @@ phases and the grading policy to a record (grade_student, grade_one), and the wh
 result cache and the tables (autograde). The package's other files: intake.py (the hand-in),
 phases.py and inside.py (the sandboxed phases, outside and inside), reads.py (what a phase wrote),
 policy.py and integrity.py (the grade and its checks), cache.py, similarity.py, reports.py, cli.py."""
+import hashlib
+import os
 import socket
 import tempfile
 import threading
@@ -76,8 +78,13 @@ def grade_student(batch: Batch, student: Student) -> dict:
     # 1. contract: the handed-in checkpoints inspected (their latent_dim), then every task's calls checked.
     # latent_dim is the grader's decision: --latent_dim, a handed-in checkpoint's, the source's default.
     text = source.decode(errors="replace")
-    latent_dims = {task: (args.latent_dim or source_latent_dim(text, TASK_RECORDS[task].model_class)
-                          or FALLBACK_LATENT_DIM) for task in TASKS if task not in given}
+    latent_dims = {}
+    for task in (task for task in TASKS if task not in given):
+        found = args.latent_dim or source_latent_dim(text, TASK_RECORDS[task].model_class)
+        if found is None:  # graded all the same; the TA should know which latent_dim it was
+            record["notes"].append(f"{task}: no int default of latent_dim found in "
+                                   f"{TASK_RECORDS[task].model_class}'s constructor: trained at {FALLBACK_LATENT_DIM}")
+        latent_dims[task] = found or FALLBACK_LATENT_DIM
     phases = Phases(batch, student)
     contract, work = phases.contract(latent_dims, given)
     if contract is None:
@@ -151,8 +158,14 @@ def student_folders(submissions: Path) -> list:
     return folders
 
 
-def _safe_name(name: str) -> str:
-    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)[:80] or "student"
+def student_slot(name: str) -> str:
+    """The name of a student's files in the grader's folders: the folder's name where it is short and of
+    [A-Za-z0-9._-] only, else a readable part and a hash of the whole name as bytes. The same folder
+    always gets the same slot, whoever else is in the class (its saved result and its key follow it)."""
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    if safe == name and 0 < len(name) <= 80 and not name.startswith("."):
+        return name
+    return f"{safe[:60].lstrip('.') or 'student'}-{hashlib.sha256(os.fsencode(name)).hexdigest()[:12]}"
 
 
 def grade_one(job: dict) -> dict:
@@ -253,11 +266,10 @@ def autograde(args) -> list:
     store = out.parent / f"{out.stem}_intake"  # the grader's copies of the hand-ins, for this run only
     secret = grader_secret(results_root)
     slots, names = {}, {}
-    for folder in folders:
-        slot = _safe_name(shown(folder.name))
-        while slot in slots.values():
-            slot += "_"
-        slots[folder], names[folder] = slot, clean_text(shown(folder.name), 200)
+    for folder in folders:  # each student's slot (the grader's file names) and name (the table's): both unique
+        slots[folder] = slot = student_slot(folder.name)
+        name = clean_text(shown(folder.name), 200)
+        names[folder] = name if name not in names.values() else f"{name[:100]} [{slot}]"  # within 200
     records = [None] * len(folders)
     weights = {}  # (student, task) -> the handed-in weights as one vector, and their shapes
     digests = {}  # (student, task) -> the handed-in checkpoint's sha256, which the grader computed itself
@@ -289,6 +301,7 @@ def autograde(args) -> list:
         keys[number] = (student_secret(secret, slots[folder], handed_in).hex(), handed_in)
         saved = load_result(results_root, slots[folder], fingerprints[number], args.require_isolation)
         if saved is not None:
+            saved["record"]["student"] = names[folder]  # the name of this run's folder, whatever it was then
             keep(number, saved)
             sandbox.remove_tree(store / slots[folder] / "checkpoints")  # only submission.py is read again
         else:

@@ -11,19 +11,25 @@ from tools.autograde.integrity import (COPY_FRACTION, LEGIBILITY_FLOOR, PERTURBA
 def source_latent_dim(text: str, class_name: str):
     """The int default of `latent_dim` in class_name's constructor, read with ast (no code runs):
     the class's own __init__, else the first base class defined in the file that has one; an alias
-    `GenModel = CVAE` is followed. None when there is no int literal default."""
+    `GenModel = CVAE` is followed, and so is a module-level constant (`LATENT_DIM = 24` ...
+    `latent_dim: int = LATENT_DIM`, assigned once in the file). None when there is no int default."""
     try:
         tree = ast.parse(text)
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    classes, aliases = {}, {}
+    classes, aliases, constants, assigned = {}, {}, {}, {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             classes[node.name] = node
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Name):
-            for target in node.targets:
-                if isinstance(target, ast.Name):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                assigned[target.id] = assigned.get(target.id, 0) + 1
+                if isinstance(node.value, ast.Name):
                     aliases[target.id] = node.value.id
+                elif isinstance(node.value, ast.Constant) and type(node.value.value) is int:
+                    constants[target.id] = node.value.value
     seen = set()
 
     def find(name):
@@ -48,6 +54,8 @@ def source_latent_dim(text: str, class_name: str):
         default = defaults.get("latent_dim")
         if isinstance(default, ast.Constant) and type(default.value) is int:
             return default.value
+        if isinstance(default, ast.Name) and assigned.get(default.id) == 1:  # a constant the file sets once
+            return constants.get(default.id)
         return None
     return find(class_name)
 
