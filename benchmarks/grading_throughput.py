@@ -61,7 +61,7 @@ def batch_setup_seconds(budget: list) -> float:
     the budget's splits): once per process that grades, so once per Dask worker."""
     import argparse as _argparse
     from tools import autograde
-    from tools.autograde.orchestration import Batch
+    from tools.autograde.batch import Batch
     parser = _argparse.ArgumentParser()
     autograde.add_arguments(parser)
     args = parser.parse_args(["unused", "--out", "unused.csv", *map(str, budget)])
