@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -198,3 +199,28 @@ def test_the_race_benchmark_measures_on_the_device_it_is_given():
         return  # the refusal below is about a machine without CUDA
     result = run("benchmarks/race.py", "--device", "cuda", check=False)
     assert result.returncode == 2 and "--device cuda" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_every_latent_dim_the_handout_allows_trains_infers_and_grades(latent_dim, tiny_valid, tmp_path):
+    """A code of 1 or 2 numbers: the classic picture of a VAE, and what a student chasing the compression
+    bonus tries. The reference's GenModel keeps one Gaussian per class then, and says so in one line."""
+    outputs = {}
+    for task in ("VAE0label", "Genwithlabel"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run("train.py", "--task", task, "--latent_dim", latent_dim, "--save_dir", tmp_path / task,
+                "--valid_data", tiny_valid, *TINY_TRAIN, "--no-save_loss_plot")
+        said = {str(w.message) for w in caught if "one Gaussian per class" in str(w.message)}
+        assert len(said) == (1 if task == "Genwithlabel" else 0), said  # one message, however often it is built
+        run("inference.py", "--checkpoint_path", tmp_path / f"{task}.pth", "--data_path", tiny_valid,
+            "--save_dir", tmp_path / "out" / task, "--no-pictures")
+        outputs[task] = tmp_path / "out" / task
+    run("grade.py", "--VAE0label_output_dir", outputs["VAE0label"], "--Genwithlabel_output_dir",
+        outputs["Genwithlabel"], "--result_path", tmp_path / "grade_result.json")
+    result = json.loads((tmp_path / "grade_result.json").read_text())
+    for task in ("VAE0label", "Genwithlabel"):
+        assert result[task]["latent_dim"] == latent_dim
+        assert result[task]["bonus"] == pytest.approx(0.2 + 1 - latent_dim / 784)
+        assert result[task]["score"] > 0
+    assert np.isfinite(result["Genwithlabel"]["fid"])

@@ -258,13 +258,35 @@ def test_genmodel_eval_codes_sit_mid_slice_and_survive_the_autograders_perturbat
     assert (component(moved) != component(z.detach())).float().mean() < 0.02
 
 
-def test_an_untrained_genmodel_draws_from_n01_at_its_spread_and_needs_three_latent_numbers():
+def test_an_untrained_genmodel_draws_from_n01_at_its_spread_at_every_latent_dim():
     model = GenModel(latent_dim=4).eval()
     z = torch.randn(5, 4)
     expected = model.decoder(0.8 * z[:, 2:], F.one_hot(torch.full((5,), 2), 10).float())
     assert torch.allclose(model.decode(z, 2), expected, atol=1e-5)
-    with pytest.raises(ValueError, match="latent_dim >= 3"):
-        GenModel(latent_dim=2)
+    # 1 or 2 numbers: no selectors, one Gaussian per class (said in one line), every number is style
+    for latent_dim in (1, 2):
+        with pytest.warns(UserWarning, match=f"latent_dim {latent_dim} leaves no numbers .* one Gaussian per class"):
+            small = GenModel(latent_dim=latent_dim).eval()
+        z = torch.randn(5, latent_dim)
+        expected = small.decoder(0.8 * z, F.one_hot(torch.full((5,), 3), 10).float())
+        assert torch.allclose(small.decode(z, 3), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("latent_dim", [1, 2])
+def test_a_genmodel_of_one_or_two_numbers_keeps_one_gaussian_per_class_and_decodes_its_own_codes(latent_dim):
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = GenModel(latent_dim=latent_dim)
+    x, labels = torch.rand(64, 1, 28, 28), torch.arange(64) % 10
+    model.train()
+    recon_x, mu, log_var = model(x, labels)
+    assert mu.shape == log_var.shape == (64, latent_dim) and recon_x.shape[0] == 64
+    assert model.code_statistics.count.shape == (10, 1)
+    model.eval()
+    with torch.no_grad():
+        recon_x, mu, log_var = model(x, labels)
+        assert mu.shape == (64, latent_dim) and torch.isfinite(log_var).all()
+        assert torch.allclose(model.decode(mu, labels).reshape(recon_x.shape), recon_x, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", MODELS)
