@@ -152,7 +152,7 @@ def train_classifier(out=CLASSIFIER_PATH, epochs=5, batch_size=128, lr=3e-3, see
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=CLASSIFIER_PATH, help="where to save it (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs (default %(default)s)")
     parser.add_argument("--batch_size", type=int, default=128, help="images per step (default %(default)s)")

@@ -266,7 +266,7 @@ def default_latent_dim(cls):
 
 def main(argv=None) -> int:
     from tasks import TASKS
-    parser = argparse.ArgumentParser(description="Check ./submission.py against the handout's contract: the "
+    parser = argparse.ArgumentParser(allow_abbrev=False, description="Check ./submission.py against the handout's contract: the "
                                                  "calls train.py, inference.py and the autograder make.")
     parser.add_argument("--task", action="append", choices=TASKS, help="check only this task (repeatable)")
     parser.add_argument("--latent_dim", action="append", default=[], metavar="N or TASK=N",

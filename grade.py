@@ -100,7 +100,7 @@ def grade_arrays(task: str, images: np.ndarray, labels: np.ndarray, recon: np.nd
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for task in TASKS:
         aliases = [alias for alias, name in TASK_ALIASES.items() if name == task]
         parser.add_argument(*(f"--{name}" for name in [task, *aliases]), dest=task,

@@ -38,7 +38,7 @@ from hardware import pick_device
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default=None,
                         help="VAE0label or Genwithlabel; picks checkpoints/<task>/default.pth when no "
                              "--checkpoint_path is given, and must match the checkpoint otherwise")

@@ -45,7 +45,7 @@ HELP = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="VAE0label",
                         help=f"{' or '.join(TASKS)} (aliases VAEwolabel, VAEOlabel); default %(default)s")
     parser.add_argument("--model", choices=sorted(MODEL_FOR_TASK), default="submission",

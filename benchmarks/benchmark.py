@@ -61,7 +61,7 @@ def table(rows, title) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out_dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--latent_dims", nargs="+", type=int, default=[2, 4, 8, 16, 32])
     parser.add_argument("--epochs", type=int, default=8,

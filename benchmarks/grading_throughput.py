@@ -62,7 +62,7 @@ def batch_setup_seconds(budget: list) -> float:
     import argparse as _argparse
     from tools import autograde
     from tools.autograde.batch import Batch
-    parser = _argparse.ArgumentParser()
+    parser = _argparse.ArgumentParser(allow_abbrev=False)
     autograde.add_arguments(parser)
     args = parser.parse_args(["unused", "--out", "unused.csv", *map(str, budget)])
     started = time.perf_counter()
@@ -72,7 +72,7 @@ def batch_setup_seconds(budget: list) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=4, help="students in the batch (default %(default)s)")
     parser.add_argument("--train_limit", type=int, default=2000, help="budget: training images (default %(default)s)")
     parser.add_argument("--epochs", type=int, default=1, help="budget: epochs (default %(default)s)")

@@ -319,7 +319,7 @@ def allocator_child(spec: str, steps=150, batch_size=128):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="conv:32,256", help="conv:W,H, hybrid:W,H, mlp:H1,H2 or mlpl:H1,H2 (default %(default)s)")
     parser.add_argument("--conditional", action="store_true", help="a CVAE graded as Genwithlabel (default: VAE0label)")
     parser.add_argument("--latent_dim", type=int, default=8, help="(default %(default)s)")

@@ -35,7 +35,7 @@ from trainer import Trainer, TrainConfig  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--components", type=int, nargs="+", default=[1, 20],
                         help="mixture components per class, one training each (default %(default)s)")
     parser.add_argument("--spread", type=float, nargs="+", default=[0.85, 1.0],

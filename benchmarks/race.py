@@ -262,7 +262,7 @@ def write_results(out: Path, task: str, rows: list, summary: list, limits: dict,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="VAE0label", help="VAE0label or Genwithlabel (default %(default)s)")
     parser.add_argument("--contestants", nargs="+", default=["ours", "handout", "examples"],
                         choices=["ours", "handout", "examples"], help="who races (default: all three)")

@@ -30,7 +30,7 @@ from tasks import default_checkpoint  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=default_checkpoint("Genwithlabel"),
                         help="a GenModel checkpoint (default: the shipped one)")
     parser.add_argument("--split", default="valid", help="the real digits compared with (default %(default)s)")

@@ -73,7 +73,7 @@ def sample_fid(model, per_label: int = 100, seed: int = 42) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each training (default %(default)s)")
     parser.add_argument("--limit", type=int, default=0, help="first N training images (0: all 50,000)")
     args = parser.parse_args(argv)

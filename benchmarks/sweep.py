@@ -37,7 +37,7 @@ COLUMNS = ["task", "latent_dim", "var", "lr", "epochs", "train_seconds", "ssim",
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--latent_dim", nargs="+", type=int, default=[4, 8, 16])
     parser.add_argument("--var", nargs="+", type=float, default=[DEFAULTS.var / 2, DEFAULTS.var, DEFAULTS.var * 2])

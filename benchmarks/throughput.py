@@ -102,7 +102,7 @@ def measure(num_images: int):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=50000, help="training images per measurement (default: one epoch)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "throughput")
     args = parser.parse_args(argv)

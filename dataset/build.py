@@ -120,7 +120,7 @@ def build_splits(mnist_dir: Path) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mnist_dir", type=Path, default=HERE.parent.parent / "shared" / "mnist",
                         help="folder holding the four MNIST IDX .gz files (default: %(default)s)")
     parser.add_argument("--out_dir", type=Path, default=HERE, help="where to write the .npz files (default: %(default)s)")

@@ -224,3 +224,14 @@ def test_every_latent_dim_the_handout_allows_trains_infers_and_grades(latent_dim
         assert result[task]["bonus"] == pytest.approx(0.2 + 1 - latent_dim / 784)
         assert result[task]["score"] > 0
     assert np.isfinite(result["Genwithlabel"]["fid"])
+
+
+@pytest.mark.parametrize("script, flags, typo", [("train.py", ["--epoch", "3"], "--epoch"),
+                                                 ("inference.py", ["--checkpoint", "x.pth"], "--checkpoint"),
+                                                 ("grade.py", ["--result", "r.json"], "--result")])
+def test_a_shortened_flag_is_an_error_not_another_flag(script, flags, typo):
+    """`train.py --epoch 3` once meant --epochs 3 (argparse's prefix matching) and replaced a student's finished
+    run; every command line now takes a flag only by its full name."""
+    result = run(script, *flags, check=False)
+    assert result.returncode == 2
+    assert f"unrecognized arguments: {typo}" in result.stderr

@@ -130,19 +130,19 @@ def write_starter(out_dir: Path, root: Path = ROOT, include_test_split: bool = F
 # ====================================================================== CLI
 def parse_args(argv=None):
     from tools import autograde
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    starter = commands.add_parser("starter", help="write the student starter kit into OUT_DIR")
+    starter = commands.add_parser("starter", allow_abbrev=False, help="write the student starter kit into OUT_DIR")
     starter.add_argument("out_dir", type=Path, help="a new or empty folder for the kit")
     starter.add_argument("--include_test_split", action="store_true",
                          help="ship dataset/test.npz too (by default graders keep it)")
 
-    strip = commands.add_parser("strip", help="print submission.py with its solution regions stripped")
+    strip = commands.add_parser("strip", allow_abbrev=False, help="print submission.py with its solution regions stripped")
     strip.add_argument("path", type=Path, nargs="?", default=ROOT / SOLUTION_FILE,
                        help="the file to strip (default: the lab's submission.py)")
 
-    grade = commands.add_parser("autograde", help="grade SUBMISSIONS/<student>/ folders into one table "
+    grade = commands.add_parser("autograde", allow_abbrev=False, help="grade SUBMISSIONS/<student>/ folders into one table "
                                                   "(tools/autograde.py)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     autograde.add_arguments(grade)

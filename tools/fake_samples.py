@@ -58,7 +58,7 @@ def fake_samples(outputs: Path, save_dir: Path, kind: str = "pixel-shuffle", see
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outputs", type=Path, required=True, help="an inference.py output folder")
     parser.add_argument("--save_dir", type=Path, required=True, help="the new folder")
     parser.add_argument("--kind", default="pixel-shuffle", choices=("pixel-shuffle", "collapse"),

@@ -84,7 +84,7 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["calibrate"]:
-        parser = argparse.ArgumentParser(prog="python -m tools.autograde calibrate", description=calibrate.__doc__)
+        parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m tools.autograde calibrate", description=calibrate.__doc__)
         parser.add_argument("checkpoint", type=Path)
         parser.add_argument("--train_data", default="train")
         parser.add_argument("--held_out", default="valid", help="real digits the training split does not hold")
@@ -92,7 +92,7 @@ def main(argv=None):
         calibrate(options.checkpoint, options.train_data, options.held_out)
         return
     import tools.autograde
-    parser = argparse.ArgumentParser(prog="python -m tools.autograde", description=tools.autograde.__doc__,
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m tools.autograde", description=tools.autograde.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     autograde(parser.parse_args(argv))

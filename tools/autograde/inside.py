@@ -205,9 +205,9 @@ PHASES = {"contract": contract_phase, "train": train_phase, "reconstruct": recon
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     phases = parser.add_subparsers(dest="phase", required=True)
-    p = phases.add_parser("contract")
+    p = phases.add_parser("contract", allow_abbrev=False)
     p.add_argument("--out", required=True)
     p.add_argument("--latent_dim", action="append", default=[], help="TASK=N for a task without a checkpoint")
     p.add_argument("--checkpoint", action="append", default=[], help="TASK=path of a handed-in checkpoint")
@@ -215,7 +215,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--task", action="append", default=[], help="TASK=latent_dim")
     for name in ("reconstruct", "decode"):
-        p = phases.add_parser(name)
+        p = phases.add_parser(name, allow_abbrev=False)
         p.add_argument("--checkpoint", action="append", default=[], help="TASK=path")
         p.add_argument("--latent_dim", action="append", default=[], help="TASK=N, the latent_dim expected")
         p.add_argument("--out", required=True)
