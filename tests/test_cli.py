@@ -201,6 +201,7 @@ def test_the_race_benchmark_measures_on_the_device_it_is_given():
     assert result.returncode == 2 and "--device cuda" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.filterwarnings("ignore:GenModel. latent_dim")  # counted inside; inference.py builds the model again
 @pytest.mark.parametrize("latent_dim", [1, 2])
 def test_every_latent_dim_the_handout_allows_trains_infers_and_grades(latent_dim, tiny_valid, tmp_path):
     """A code of 1 or 2 numbers: the classic picture of a VAE, and what a student chasing the compression
