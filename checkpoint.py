@@ -19,6 +19,7 @@ A run NAME of task T writes checkpoints/T/NAME/epoch_{N}.pth (the newest `keep_l
 interrupted.pth after Ctrl-C, hyperparams.json and loss_curve.png there, and when it finishes,
 the model alone (no optimiser state, a few MB) as checkpoints/T/NAME.pth.
 """
+import os
 import pickle
 import random
 import re
@@ -41,6 +42,47 @@ INTERRUPTED = "interrupted.pth"
 
 
 # ---------------------------------------------------------------- loading
+WHAT_TO_PASS = ("Pass a .pth that train.py wrote (the exported model checkpoints/<task>/<run>.pth, or its run "
+                "folder's epoch_N.pth), or retrain with python train.py")
+
+
+def looks_like_torch(path) -> bool:
+    """A zip archive (torch's format) or a pickle of protocol 2 or later (its legacy format)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+
+
+def damage(path) -> str:
+    """What a file that torch could not load is, in words, from its size and first bytes: what a student
+    can act on (torch's own message is cut from a C++ exception, or a bare number)."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(64)
+            handle.seek(max(0, size - 22))
+            tail = handle.read(22)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror})"
+    if size == 0:
+        return "it is empty (0 bytes): a save that never wrote"
+    if head.startswith(b"PK\x03\x04"):  # torch's format is a zip archive, whose directory ends the file
+        if b"PK\x05\x06" not in tail and b"PK\x06\x06" not in tail:
+            return f"it is the start of a zip archive (torch's format) cut short at {size:,} bytes: its end is missing, " \
+                   f"as after a copy or a save that did not finish"
+        return f"it is a zip archive (torch's format) of {size:,} bytes whose contents are damaged"
+    try:
+        text = head.decode("utf-8")
+        if text.isprintable() or all(char.isprintable() or char in "\r\n\t" for char in text):
+            return f"it is a text file, not a checkpoint (it begins {text[:40]!r})"
+    except UnicodeDecodeError:
+        pass
+    return f"it is not a torch checkpoint ({size:,} bytes beginning {head[:8].hex(' ')})"
+
+
 def load_checkpoint(path, handout_task=None, handout_latent_dim=None) -> dict:
     """Load a checkpoint safely (weights_only: no pickled code runs) and check its fields.
 
@@ -54,16 +96,16 @@ def load_checkpoint(path, handout_task=None, handout_latent_dim=None) -> dict:
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if not looks_like_torch(path):  # a text file or other bytes, read as a legacy pickle: not a refusal
+            raise LabError(f"{path} is truncated or corrupt: {damage(path)}. {WHAT_TO_PASS}") from None
         # torch's message is a paragraph; the line naming what was refused is the useful one
         lines = [line.strip() for line in str(error).splitlines()]
         detail = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")),
                       "an object outside tensors, numbers, strings and containers")
         raise LabError(f"refused to load {path}: it needs arbitrary pickled code to load, which could run "
                        f"anything ({detail[:120]}); only load checkpoints written by this lab's trainer") from None
-    except Exception as error:  # torch raises RuntimeError, EOFError, IndexError, ... on damaged files
-        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise LabError(f"{path} is truncated or corrupt ({detail[:120]}): "
-                       f"use another checkpoint or retrain") from None
+    except Exception:  # torch raises RuntimeError, EOFError, IndexError, ... on damaged files; its words name none
+        raise LabError(f"{path} is truncated or corrupt: {damage(path)}. {WHAT_TO_PASS}") from None
     if isinstance(checkpoint, dict) and "format" not in checkpoint and "model_state_dict" in checkpoint:
         checkpoint = from_handout_format(checkpoint, path, handout_task, handout_latent_dim)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:

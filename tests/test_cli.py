@@ -236,3 +236,19 @@ def test_a_shortened_flag_is_an_error_not_another_flag(script, flags, typo):
     result = run(script, *flags, check=False)
     assert result.returncode == 2
     assert f"unrecognized arguments: {typo}" in result.stderr
+
+
+def test_a_damaged_checkpoint_says_what_the_file_is_and_what_to_pass(tmp_path):
+    """torch's own words for a file cut short were cut mid-word (`... This is an internal miniz error. If yo`),
+    and for a text file a bare `(101)`: the error now says what the file is and what to do, in one line."""
+    data = (ROOT / "checkpoints" / "VAE0label" / "default.pth").read_bytes()
+    cases = {"cut.pth": (data[:len(data) // 2], "the start of a zip archive (torch's format) cut short at"),
+             "notes.pth": (b"my notes: lr 3e-3 worked best\n", "a text file, not a checkpoint (it begins 'my notes"),
+             "empty.pth": (b"", "it is empty (0 bytes)")}
+    for name, (content, said) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        result = run("inference.py", "--checkpoint_path", tmp_path / name, "--save_dir", tmp_path / "out", check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        assert said in lines[0] and "Pass a .pth that train.py wrote" in lines[0] and "retrain" in lines[0]
+        assert "miniz" not in lines[0] and not (tmp_path / "out").exists()
