@@ -213,6 +213,32 @@ def loss(vae_loss, recon_x, x, mu, log_var, var: float) -> torch.Tensor:
     return value
 
 
+def check_loss_direction(vae_loss, recon_shape, latent_dim: int, var: float = 0.5) -> None:
+    """The handout's loss, the KL term plus the squared error over 2 var, rises as the reconstruction gets
+    worse and as mu leaves 0 (a constant added to it, such as a Gaussian's normalisation, changes
+    nothing). Checked on fixed tensors of the model's own shapes; ContractError names what is off: the
+    sign, a missing KL term, a reconstruction term that does not count."""
+    batch = recon_shape[0]
+    x = torch.rand(batch, 1, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(1))  # the global RNG untouched
+    good, bad = x.reshape(recon_shape), (1 - x).reshape(recon_shape)
+    zeros = torch.zeros(batch, latent_dim)
+
+    def value(recon_x, mu):
+        with torch.no_grad():
+            return float(loss(vae_loss, recon_x, x, mu, zeros, var))
+    perfect, worse, moved = value(good, zeros), value(bad, zeros), value(good, zeros + 1)
+    said = f"({perfect:.4g} for recon_x = x and mu = 0, {worse:.4g} for recon_x = 1 - x, {moved:.4g} for mu = 1)"
+    if worse < perfect and moved < perfect:
+        raise ContractError(f"vae_loss falls as the reconstruction gets worse and as mu leaves 0 {said}: its sign is "
+                            f"flipped; return the KL term plus the squared error over 2 var, not its negative")
+    if not worse > perfect:
+        raise ContractError(f"vae_loss does not rise when the reconstruction gets worse {said}: the reconstruction "
+                            f"term is missing or of the wrong sign")
+    if not moved > perfect:
+        raise ContractError(f"vae_loss does not rise when mu leaves 0 {said}: the KL term is missing or of the "
+                            f"wrong sign")
+
+
 # ------------------------------------------------------------------ the check
 def check(submission, task: str, latent_dim: int = None, batch: int = 8) -> dict:
     """Everything the lab's scripts will call, once, on random digits-shaped inputs: build, one
@@ -240,6 +266,7 @@ def check(submission, task: str, latent_dim: int = None, batch: int = 8) -> dict
         raise ContractError(f"no gradient reaches {cls.__name__}'s parameters from vae_loss "
                             f"(is the graph detached, e.g. by .detach(), .item() or torch.no_grad()?)")
     _call("Adam step", optimizer.step)
+    check_loss_direction(vae_loss, tuple(recon_x.shape), mu.shape[1])
     model.eval()
     with torch.no_grad():
         images, _, _ = reconstruct(model, x, labels, latent_dim)

@@ -107,6 +107,8 @@ class Trainer:
         config = self.config
         batches = math.ceil(len(self.train_data) / config.batch_size)
         self.started, self.images_seen = time.perf_counter(), 0
+        if self.step == 0:
+            self.check_loss()
         with self.saved_on_interrupt():
             atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
             self.model.train()
@@ -256,6 +258,21 @@ class Trainer:
         tqdm.write(f"precision: {self.precision_fallback}")
         atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
         return loss
+
+    def check_loss(self):
+        """Before the first step: is vae_loss the handout's loss in sign and terms (contract.check_loss_direction)?
+        The model's shapes come from one eval-mode forward of two images; its mode, its running statistics
+        (train mode would update them) and every random state are left as they were."""
+        rng, was_training = capture_rng(self.device), self.model.training
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                recon_x, mu, _ = contract.forward(self.model, self.train_data.images[:2].to(self.device),
+                                                  self.train_data.labels[:2].to(self.device), self.config.latent_dim)
+        finally:
+            self.model.train(was_training)
+            restore_rng(rng, self.device)
+        contract.check_loss_direction(vae_loss, tuple(recon_x.shape), mu.shape[1], self.config.var)
 
     def loss_on(self, images, labels):
         images, labels = images.to(self.device), labels.to(self.device)

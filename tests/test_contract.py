@@ -2,6 +2,7 @@
 and checkpoint styles; outputs.py never replacing a folder it did not write."""
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from torch.nn import functional as F
 
 import contract
 import outputs
-from conftest import run
+from conftest import ROOT, run
 from data_utils import BooleanFlag, LabError
 from tasks import TASK_RECORDS
 
@@ -204,3 +205,32 @@ def test_small_things_a_new_user_meets(tmp_path):
         assert shipped["save_dir"] == f"checkpoints/{task}/run"
     result = run("inference.py", "--help")
     assert "images per forward call" in result.stdout and "auto (cuda, then mps, then cpu; the default)" in result.stdout
+
+
+LOSS_LINE = "return (kl + reconstruction).mean()"
+
+
+@pytest.mark.parametrize("wrong, said", [
+    ("return -(kl + reconstruction).mean()", "vae_loss falls as the reconstruction gets worse and as mu leaves 0"),
+    ("return (reconstruction + 0 * kl).mean()", "vae_loss does not rise when mu leaves 0"),
+    ("return (kl + reconstruction)", "], expected a scalar tensor (the mean over the batch)"),
+])
+def test_a_loss_of_the_wrong_sign_or_without_a_term_is_named_by_the_check_and_the_first_step(wrong, said, tmp_path,
+                                                                                             tiny_valid):
+    """A student's `-(kl + rec).mean()` once passed check_submission.py and trained to `train loss -26933.23` and a
+    blank loss curve. Both the check and train.py's first step now say what is wrong, in one line."""
+    from tools.kit import grader_lab_files
+    for name in grader_lab_files(ROOT):
+        shutil.copyfile(ROOT / name, tmp_path / name)
+    shutil.copyfile(ROOT / "tools" / "check_submission.py", tmp_path / "check_submission.py")
+    source = (ROOT / "submission.py").read_text()
+    assert source.count(LOSS_LINE) == 1
+    (tmp_path / "submission.py").write_text(source.replace(LOSS_LINE, wrong))
+    checked = run("check_submission.py", "--task", "VAE0label", folder=tmp_path, check=False)
+    assert checked.returncode != 0 and said in checked.stdout + checked.stderr
+    trained = run("train.py", "--task", "VAE0label", "--save_dir", tmp_path / "run", "--limit", 64, "--epochs", 1,
+                  "--train_data", tiny_valid, "--valid_data", tiny_valid, "--eval_num", 32, "--pred_step", 0,
+                  folder=tmp_path, check=False)
+    lines = trained.stderr.strip().splitlines()
+    assert trained.returncode == 2 and lines[-1].startswith("error: ") and said in lines[-1], trained.stderr
+    assert "train loss" not in trained.stdout  # stopped before the first step
