@@ -40,6 +40,39 @@ def run_cli(main) -> None:
         sys.exit(2)
 
 
+PROGRESS_SECONDS = 10  # where the output is not a terminal: a progress line at most this often
+
+
+class _LineStream:
+    """A progress bar's stream where the output is not a terminal (a log, a pipe): each redraw becomes
+    a line of its own, without the carriage returns and cursor moves a terminal would need."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        text = "".join(part for part in text.replace("\x1b[A", "").split("\r")).strip()
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self):
+        self.stream.flush()
+
+
+def progress(iterable=None, **options):
+    """tqdm on a terminal; elsewhere a line every PROGRESS_SECONDS at most, never a bar redrawn in place
+    (a redirected bash run.sh once wrote 561 KB of bars)."""
+    from tqdm import tqdm
+    stream = options.pop("file", None) or sys.stderr
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(iterable, file=stream, **options)
+    options.update(file=_LineStream(stream), mininterval=PROGRESS_SECONDS, ncols=100, dynamic_ncols=False)
+    bar = tqdm(iterable, **options)
+    set_postfix = bar.set_postfix
+    bar.set_postfix = lambda *args, **kwargs: set_postfix(*args, **dict(kwargs, refresh=False))  # no forced redraw
+    return bar
+
+
 class BooleanFlag(argparse.Action):
     """A switch that reads both ways: --flag / --no-flag, and the handout's value style
     --flag True / --flag False (which argparse's type=bool would read as True either way)."""

@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 from skimage.metrics import structural_similarity
-from tqdm import tqdm
 
 import outputs
-from data_utils import (ROOT, IMAGE_PIXELS, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
+from data_utils import (progress, ROOT, IMAGE_PIXELS, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
                         resolve_split, run_cli)
 from tasks import TASK_ALIASES, TASK_RECORDS, TASKS, default_output_dir
 
@@ -66,7 +65,7 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
     if not isinstance(num, int) or not 0 < num <= len(images):
         raise LabError(f"{output_dir / 'hyperparams.json'} says num_images {num}, but {data_file} holds "
                        f"{len(images)} images: rerun inference.py")
-    recon = outputs.read_recon(output_dir, num, progress=lambda r: tqdm(r, desc=f"{task}: read recon", leave=False))
+    recon = outputs.read_recon(output_dir, num, progress=lambda r: progress(r, desc=f"{task}: read recon", leave=False))
     samples = None
     if record.conditional:
         samples = [np.stack([outputs.read_png(f) for f in sorted(outputs.gen_folder(output_dir, label).glob("*.png"))])
@@ -76,10 +75,10 @@ def grade_task(task: str, output_dir: Path, test_data_path=None) -> dict:
 
 
 def grade_arrays(task: str, images: np.ndarray, labels: np.ndarray, recon: np.ndarray, samples, latent_dim: int,
-                 progress=tqdm) -> dict:
+                 progress=progress) -> dict:
     """The lab's measures and grade from pixels: real uint8 images [N,28,28] and their labels,
     uint8 reconstructions of the first len(recon) of them, and (Genwithlabel) uint8 samples per
-    label, samples[c] of shape [K,28,28]. `progress` wraps the SSIM loop (tqdm's signature; the
+    label, samples[c] of shape [K,28,28]. `progress` wraps the SSIM loop (data_utils.progress's signature; the
     autograder, which prints one line per phase, passes one that draws nothing)."""
     num = len(recon)
     real = images[:num].astype(np.float64)

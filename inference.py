@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import contract
 import outputs
 import pictures
-from data_utils import (NUM_CLASSES, BooleanFlag, LabError, MNISTDataset, ensure_writable_folder, resolve_split,
+from data_utils import (progress, NUM_CLASSES, BooleanFlag, LabError, MNISTDataset, ensure_writable_folder, resolve_split,
                         run_cli, set_random_seed, to_uint8)
 from tasks import TASK_RECORDS, canonical_task, default_checkpoint, default_output_dir
 from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint
@@ -73,7 +72,7 @@ def resolve_checkpoint(path, task):
 def reconstruct(model, data: MNISTDataset, batch_size: int, latent_dim: int, device):
     """(uint8 reconstructions [N,28,28], posterior means [N, latent_dim]) through forward."""
     recon, codes = [], []
-    for images, labels in tqdm(data.batches(batch_size), total=-(-len(data) // batch_size), desc="reconstruct"):
+    for images, labels in progress(data.batches(batch_size), total=-(-len(data) // batch_size), desc="reconstruct"):
         images, mu, _ = contract.reconstruct(model, images.to(device), labels.to(device), latent_dim)
         recon.append(to_uint8(images))
         codes.append(mu.float().cpu())
@@ -85,7 +84,7 @@ def generate(decoder: contract.Decoder, latent_dim: int, per_label: int, seed: i
     """uint8 [10, per_label, 28, 28]: row c is decode(z ~ N(0, I), c)."""
     generator = torch.Generator().manual_seed(seed)
     rows = []
-    for label in tqdm(range(NUM_CLASSES), desc="generate"):
+    for label in progress(range(NUM_CLASSES), desc="generate"):
         z = torch.randn(per_label, latent_dim, generator=generator).to(device)
         rows.append(to_uint8(decoder(z, torch.full((per_label,), label, device=device))))
     return np.stack(rows)
@@ -137,7 +136,7 @@ def main(argv=None):
     shutil.rmtree(partial, ignore_errors=True)
     try:
         save_dir.parent.mkdir(parents=True, exist_ok=True)
-        outputs.write(partial, recon, samples, info, progress=lambda items: tqdm(items, desc="write PNGs"))
+        outputs.write(partial, recon, samples, info, progress=lambda items: progress(items, desc="write PNGs"))
         written = (pictures.write_pictures(partial, data, recon, samples, codes, decoder, task, checkpoint_path)
                    if args.pictures else ["none, --no-pictures"])
         outputs.replace_folder(partial, save_dir)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm import tqdm  # tqdm.write; the bars are data_utils.progress
 
 import contract
 from checkpoint import (CHECKPOINT_FORMAT, INTERRUPTED, capture_rng, export_path, load_checkpoint,
                         model_from_checkpoint, prune, restore_rng)
-from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from data_utils import progress, ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
 from hardware import PRECISIONS, pick_autocast_dtype, pick_device, precision_name
 from submission import vae_loss
 from tasks import LATENT_RANGE, TASK_RECORDS
@@ -115,7 +115,7 @@ class Trainer:
             while self.epoch < config.epochs:
                 epoch = self.epoch + 1
                 order = self.epoch_order(epoch)   # a new shuffle every epoch
-                bar = tqdm(range(self.batch_in_epoch, batches), desc=f"epoch {epoch}/{config.epochs}",
+                bar = progress(range(self.batch_in_epoch, batches), desc=f"epoch {epoch}/{config.epochs}",
                            initial=self.batch_in_epoch, total=batches, dynamic_ncols=True)
                 for batch in bar:
                     index = order[batch * config.batch_size:(batch + 1) * config.batch_size]

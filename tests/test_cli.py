@@ -252,3 +252,19 @@ def test_a_damaged_checkpoint_says_what_the_file_is_and_what_to_pass(tmp_path):
         assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         assert said in lines[0] and "Pass a .pth that train.py wrote" in lines[0] and "retrain" in lines[0]
         assert "miniz" not in lines[0] and not (tmp_path / "out").exists()
+
+
+def test_progress_is_lines_not_bars_where_the_output_is_not_a_terminal(tmp_path, tiny_valid):
+    """A redirected `bash run.sh` once logged 561 KB of progress bars redrawn in place. Where the output is
+    not a terminal, progress is a line now and then (at most every data_utils.PROGRESS_SECONDS, and at the
+    end of each loop), never a carriage return."""
+    trained = run("train.py", "--task", "VAE0label", "--save_dir", tmp_path / "run", "--valid_data", tiny_valid,
+                  "--limit", 640, "--epochs", 2, "--batch_size", 32, "--eval_num", 64, "--pred_step", 0,
+                  "--no-save_loss_plot")
+    inferred = run("inference.py", "--checkpoint_path", tmp_path / "run.pth", "--data_path", tiny_valid,
+                   "--save_dir", tmp_path / "out", "--no-pictures")
+    for result in (trained, inferred):
+        assert "\r" not in result.stderr and "\x1b[" not in result.stderr
+    bars = [line for line in trained.stderr.splitlines() if line.startswith("epoch ")]
+    assert 2 <= len(bars) <= 6, bars  # 20 batches an epoch: its start and its end, not one line per batch
+    assert all(len(line) <= 100 for line in bars)
