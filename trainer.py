@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import math
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -109,24 +110,32 @@ class Trainer:
         self.started, self.images_seen = time.perf_counter(), 0
         if self.step == 0:
             self.check_loss()
-        with self.saved_on_interrupt():
-            atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
-            self.model.train()
-            while self.epoch < config.epochs:
-                epoch = self.epoch + 1
-                order = self.epoch_order(epoch)   # a new shuffle every epoch
-                bar = progress(range(self.batch_in_epoch, batches), desc=f"epoch {epoch}/{config.epochs}",
-                           initial=self.batch_in_epoch, total=batches, dynamic_ncols=True)
-                for batch in bar:
-                    index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-                    loss = self.optimise(self.train_data.images[index], self.train_data.labels[index], batches)
-                    self.batch_in_epoch = batch + 1
-                    if config.pred_step > 0 and self.step % config.pred_step == 0:
-                        self.valid_losses.append((self.step, self.validate()))
-                    bar.set_postfix(self.progress(loss))
-                    self.stop_if_asked(bar)
-                bar.close()
-                self.end_epoch(epoch, batches, save_loss_plot)
+        made_here = not self.save_dir.exists()
+        try:
+            with self.saved_on_interrupt():
+                atomic_write_json(self.save_dir / "hyperparams.json", self.hyperparams())
+                self.model.train()
+                while self.epoch < config.epochs:
+                    epoch = self.epoch + 1
+                    order = self.epoch_order(epoch)   # a new shuffle every epoch
+                    bar = progress(range(self.batch_in_epoch, batches), desc=f"epoch {epoch}/{config.epochs}",
+                                   initial=self.batch_in_epoch, total=batches, dynamic_ncols=True)
+                    for batch in bar:
+                        index = order[batch * config.batch_size:(batch + 1) * config.batch_size]
+                        loss = self.optimise(self.train_data.images[index], self.train_data.labels[index], batches)
+                        self.batch_in_epoch = batch + 1
+                        if config.pred_step > 0 and self.step % config.pred_step == 0:
+                            self.valid_losses.append((self.step, self.validate()))
+                        bar.set_postfix(self.progress(loss))
+                        self.stop_if_asked(bar)
+                    bar.close()
+                    self.end_epoch(epoch, batches, save_loss_plot)
+        except BaseException:
+            # A run that failed before it saved anything leaves no folder behind (an interrupted one keeps
+            # its interrupted.pth, and a folder that was there before is never removed).
+            if made_here and not any(self.save_dir.glob("*.pth")):
+                shutil.rmtree(self.save_dir, ignore_errors=True)
+            raise
         self.export()
         if show_loss_plot:
             self.save_loss_plot(show=True)

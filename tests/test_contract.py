@@ -210,6 +210,17 @@ def test_small_things_a_new_user_meets(tmp_path):
 LOSS_LINE = "return (kl + reconstruction).mean()"
 
 
+def lab_copy(folder, line, replacement):
+    """The lab's modules and check_submission.py in `folder`, with the reference submission.py's `line` replaced."""
+    from tools.kit import grader_lab_files
+    for name in grader_lab_files(ROOT):
+        shutil.copyfile(ROOT / name, folder / name)
+    shutil.copyfile(ROOT / "tools" / "check_submission.py", folder / "check_submission.py")
+    source = (ROOT / "submission.py").read_text()
+    assert source.count(line) == 1
+    (folder / "submission.py").write_text(source.replace(line, replacement))
+
+
 @pytest.mark.parametrize("wrong, said", [
     ("return -(kl + reconstruction).mean()", "vae_loss falls as the reconstruction gets worse and as mu leaves 0"),
     ("return (reconstruction + 0 * kl).mean()", "vae_loss does not rise when mu leaves 0"),
@@ -219,13 +230,7 @@ def test_a_loss_of_the_wrong_sign_or_without_a_term_is_named_by_the_check_and_th
                                                                                              tiny_valid):
     """A student's `-(kl + rec).mean()` once passed check_submission.py and trained to `train loss -26933.23` and a
     blank loss curve. Both the check and train.py's first step now say what is wrong, in one line."""
-    from tools.kit import grader_lab_files
-    for name in grader_lab_files(ROOT):
-        shutil.copyfile(ROOT / name, tmp_path / name)
-    shutil.copyfile(ROOT / "tools" / "check_submission.py", tmp_path / "check_submission.py")
-    source = (ROOT / "submission.py").read_text()
-    assert source.count(LOSS_LINE) == 1
-    (tmp_path / "submission.py").write_text(source.replace(LOSS_LINE, wrong))
+    lab_copy(tmp_path, LOSS_LINE, wrong)
     checked = run("check_submission.py", "--task", "VAE0label", folder=tmp_path, check=False)
     assert checked.returncode != 0 and said in checked.stdout + checked.stderr
     trained = run("train.py", "--task", "VAE0label", "--save_dir", tmp_path / "run", "--limit", 64, "--epochs", 1,
@@ -234,3 +239,20 @@ def test_a_loss_of_the_wrong_sign_or_without_a_term_is_named_by_the_check_and_th
     lines = trained.stderr.strip().splitlines()
     assert trained.returncode == 2 and lines[-1].startswith("error: ") and said in lines[-1], trained.stderr
     assert "train loss" not in trained.stdout  # stopped before the first step
+
+
+def test_a_run_that_fails_before_it_saves_anything_leaves_no_folder(tmp_path, tiny_valid):
+    """A training step that raises (here the reparameterisation, in train mode only, where check_submission.py
+    would have said so) once left run/ holding only hyperparams.json."""
+    lab_copy(tmp_path, "return mu + eps * torch.exp(0.5 * log_var)", 'raise ValueError("forgot to finish this")')
+    trained = run("train.py", "--task", "VAE0label", "--save_dir", tmp_path / "run", "--limit", 64, "--epochs", 1,
+                  "--train_data", tiny_valid, "--valid_data", tiny_valid, "--eval_num", 32, "--pred_step", 0,
+                  folder=tmp_path, check=False)
+    lines = trained.stderr.strip().splitlines()
+    assert trained.returncode == 2 and "forgot to finish this" in lines[-1], trained.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.pth").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there before is the user's: never removed
+    run("train.py", "--task", "VAE0label", "--save_dir", tmp_path / "kept", "--limit", 64, "--epochs", 1,
+        "--train_data", tiny_valid, "--valid_data", tiny_valid, "--eval_num", 32, "--pred_step", 0,
+        folder=tmp_path, check=False)
+    assert (tmp_path / "kept").is_dir()
