@@ -7,7 +7,8 @@
 #   RUN=try2 bash run.sh          train into checkpoints/<task>/try2 instead of .../run
 #                                 (a RUN with a '/' is a folder: RUN/<task>)
 #   RESUME=1 bash run.sh          after Ctrl-C: continue each task's run where it stopped
-#   FRESH=1 bash run.sh           start over, replacing an unfinished run
+#   FRESH=1 bash run.sh           start over, replacing the run (finished or not)
+#                                 (without it, a finished run is kept and used as it is)
 #   THREADS=1 bash run.sh         torch threads (default: one per core; 1 is faster on a busy machine)
 #   OUT=dir bash run.sh           inference outputs in dir/<task> and grades in dir/grade_result.json
 #                                 (default: outputs/<task> and grade_result.json)
@@ -53,6 +54,10 @@ for task in $TASKS; do
         flags+=(--load_from_checkpoint)
     elif [ "$FRESH" = 1 ]; then
         flags+=(--overwrite)
+    elif [ -f "$folder.pth" ] && [ ! -f "$folder/interrupted.pth" ]; then
+        # a finished run is a result: kept, and used as it is
+        echo "already trained: $folder.pth (FRESH=1 bash run.sh trains it again, RUN=name bash run.sh elsewhere)"
+        continue
     fi
     status=0
     "$PYTHON" train.py "${flags[@]}" || status=$?

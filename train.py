@@ -19,7 +19,7 @@ import torch
 
 from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
 from tasks import MODEL_FOR_TASK, RECIPE_EPOCHS, TASKS, canonical_task
-from checkpoint import epoch_number, newest_run_checkpoint
+from checkpoint import epoch_number, export_path, newest_run_checkpoint
 from hardware import configure_process, has_fast_bf16
 from trainer import Trainer, TrainConfig, TrainingInterrupted
 
@@ -63,11 +63,14 @@ def parse_args(argv=None):
                              "epoch_N.pth, whichever has more steps; --checkpoint only if the folder has none)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="resume from this checkpoint file")
     parser.add_argument("--overwrite", action=BooleanFlag, default=False,
-                        help="start over in a run folder that holds an unfinished run (default: refuse, and say "
-                             "how to resume it)")
+                        help="start over in a run folder that holds a run, finished or not, and replace its model "
+                             "(default: refuse, and say how to resume it or where else to train)")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default, one per core). On a busy machine 1 "
                              "can be faster than 2: threads that wait for a core stall each other")
+    parser.add_argument("--check_loss", action=BooleanFlag, default=True,
+                        help="before the first step, check that vae_loss rises as the reconstruction gets worse and "
+                             "as mu leaves 0, and stop with what is wrong if not (default on)")
     parser.add_argument("--save_loss_plot", action=BooleanFlag, default=True,
                         help="write loss_curve.png into the run folder (default on)")
     parser.add_argument("--show_loss_plot", action=BooleanFlag, default=False,
@@ -95,12 +98,25 @@ def unfinished_run(folder: Path):
     return None
 
 
+def finished_run(folder: Path):
+    """What a finished run left in `folder` and beside it ('epoch_6.pth and run.pth'), or None: a
+    student's result, which no run replaces without --overwrite."""
+    export = export_path(folder)
+    epochs = sorted(folder.glob("epoch_*.pth"), key=epoch_number) if folder.is_dir() else []
+    found = ([epochs[-1].name] if epochs else []) + ([export.name] if export.is_file() else [])
+    return " and ".join(found) or None
+
+
 def refuse_to_overwrite(folder: Path) -> None:
     left = unfinished_run(folder)
     if left:
         raise LabError(f"{folder} holds an unfinished run ({left}): add --load_from_checkpoint to continue it "
                        f"(bash run.sh: RESUME=1 bash run.sh), choose another --save_dir, or pass --overwrite "
                        f"to start over and lose it")
+    done = finished_run(folder)
+    if done:
+        raise LabError(f"{folder} holds a finished run ({done}): choose another --save_dir for a new run "
+                       f"(bash run.sh: RUN=name bash run.sh), or pass --overwrite to replace it (FRESH=1 bash run.sh)")
 
 
 def precision_line(trainer) -> str:
@@ -134,6 +150,7 @@ def main(argv=None):
     train_data = MNISTDataset(config.train_data, limit=args.limit or None)
     valid_data = MNISTDataset(config.valid_data)
     trainer = Trainer(config, train_data, valid_data)
+    trainer.check_loss_first = args.check_loss
     print("config: " + ", ".join(f"{k}={v}" for k, v in trainer.hyperparams().items()))
     print(f"data: {len(train_data)} training images from {train_data.path}, "
           f"validation on {valid_data.path}; {torch.get_num_threads()} CPU threads")

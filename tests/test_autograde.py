@@ -394,6 +394,9 @@ def test_information_beyond_latent_dim_is_graded_from_the_perturbed_decode(grade
     from that decode (honest decoders lose under 1%: the reference), and a decode that looks real images up
     earns no reconstruction term at all."""
     records = graded["records"]
+    # lookup_bank's vae_loss has no KL term: check_submission.py would stop there; the autograder grades what
+    # the handed-in model does, and says what it found in a note
+    assert "VAE0label: vae_loss does not rise when mu leaves 0" in graded["rows"]["lookup_bank"]["notes"]
     for name in ("mantissa_code", "lookup_bank"):
         row = graded["rows"][name]
         for task in ("VAE0label", "Genwithlabel"):

@@ -268,3 +268,20 @@ def test_progress_is_lines_not_bars_where_the_output_is_not_a_terminal(tmp_path,
     bars = [line for line in trained.stderr.splitlines() if line.startswith("epoch ")]
     assert 2 <= len(bars) <= 6, bars  # 20 batches an epoch: its start and its end, not one line per batch
     assert all(len(line) <= 100 for line in bars)
+
+
+def test_a_finished_run_is_never_replaced_without_overwrite(tmp_path, tiny_valid):
+    """After a finished run, `train.py --epoch 3` (read as --epochs 3) once reused its folder, deleted epochs and
+    overwrote the exported model. A finished run is a result: a new run is refused in one line saying how."""
+    flags = ["--task", "VAE0label", "--save_dir", tmp_path / "run", "--valid_data", tiny_valid, "--limit", 128,
+             "--batch_size", 64, "--eval_num", 64, "--pred_step", 0, "--no-save_loss_plot"]
+    run("train.py", *flags, "--epochs", 2)
+    before = {path.name: path.read_bytes() for path in [tmp_path / "run.pth", *(tmp_path / "run").iterdir()]}
+    again = run("train.py", *flags, "--epochs", 1, check=False)  # a quick try, in the same folder
+    lines = again.stderr.strip().splitlines()
+    assert again.returncode == 2 and len(lines) == 1, again.stderr
+    assert lines[0] == (f"error: {tmp_path / 'run'} holds a finished run (epoch_2.pth and run.pth): choose another "
+                        f"--save_dir for a new run (bash run.sh: RUN=name bash run.sh), or pass --overwrite to replace "
+                        f"it (FRESH=1 bash run.sh)")
+    assert {path.name: path.read_bytes() for path in [tmp_path / "run.pth", *(tmp_path / "run").iterdir()]} == before
+    run("train.py", *flags, "--epochs", 1, "--overwrite")  # said so: replaced

@@ -582,3 +582,10 @@ def test_run_sh_survives_ctrl_c_refuses_to_start_over_and_resumes(tmp_path, tiny
     for task in grades:
         params = json.loads((tmp_path / "runs" / task / "hyperparams.json").read_text())
         assert params["autocast"] == "bf16" and "autocast_fallback" not in params
+    # A plain rerun after the runs finished keeps them: it only infers and grades again.
+    models = {task: (tmp_path / "runs" / f"{task}.pth").read_bytes() for task in grades}
+    again = subprocess.run(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already trained: ") == 2 and "FRESH=1 bash run.sh trains it again" in again.stdout
+    assert all((tmp_path / "runs" / f"{task}.pth").read_bytes() == model for task, model in models.items())

@@ -149,7 +149,7 @@ def contract_phase(args, _):
                 facts["weight_shapes"] = [list(t.shape) for t in floats]
                 (folder / "checkpoint.json").write_text(json.dumps(facts))
             for_each_task(_pairs(args.checkpoint, "CHECKPOINT"), args.out, work)
-    argv = ["--json", str(Path(args.out) / "contract.json")]
+    argv = ["--json", str(Path(args.out) / "contract.json"), "--loss_as_warning"]
     argv += [f"--latent_dim={item}" for item in latent_dims]
     return contract.main(argv)
 

@@ -128,8 +128,9 @@ def grade_student(batch: Batch, student: Student) -> dict:
             continue
         record["tasks"][task] = {"latent_dim": latent_dims[task], "source": "handed in" if task in given else "trained here"}
         running[task] = given.get(task)
-        if outcome.get("decode_warning"):  # graded all the same: the TA decides what it is worth
-            record["notes"].append(f"{task}: {clean_text(outcome['decode_warning'])}")
+        for warning in ("decode_warning", "loss_warning"):  # graded all the same: the TA decides what it is worth
+            if outcome.get(warning):
+                record["notes"].append(f"{task}: {clean_text(outcome[warning])}")
 
     # 2.-4. one process per phase, doing its work for every task still running; then the grades
     phases.train()
