@@ -23,8 +23,8 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 import outputs
-from data_utils import (progress, ROOT, IMAGE_PIXELS, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
-                        resolve_split, run_cli)
+from data_utils import (ROOT, IMAGE_PIXELS, NUM_CLASSES, BooleanFlag, LabError, atomic_write_json, cal_fid, ensure_writable_folder, load_split,
+                        resolve_split, run_cli, progress)
 from tasks import TASK_ALIASES, TASK_RECORDS, TASKS, default_output_dir
 
 GRADE_CAPS = {name: task.cap for name, task in TASK_RECORDS.items()}

@@ -29,8 +29,8 @@ import torch
 import contract
 import outputs
 import pictures
-from data_utils import (progress, NUM_CLASSES, BooleanFlag, LabError, MNISTDataset, ensure_writable_folder, resolve_split,
-                        run_cli, set_random_seed, to_uint8)
+from data_utils import (NUM_CLASSES, BooleanFlag, LabError, MNISTDataset, ensure_writable_folder, resolve_split,
+                        run_cli, set_random_seed, to_uint8, progress)
 from tasks import TASK_RECORDS, canonical_task, default_checkpoint, default_output_dir
 from checkpoint import load_checkpoint, model_from_checkpoint, newest_run_checkpoint
 from hardware import pick_device

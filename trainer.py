@@ -23,7 +23,7 @@ from tqdm import tqdm  # tqdm.write; the bars are data_utils.progress
 import contract
 from checkpoint import (CHECKPOINT_FORMAT, INTERRUPTED, capture_rng, export_path, load_checkpoint,
                         model_from_checkpoint, prune, restore_rng)
-from data_utils import progress, ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json
+from data_utils import ROOT, LabError, atomic_torch_save, atomic_write_bytes, atomic_write_json, progress
 from hardware import PRECISIONS, pick_autocast_dtype, pick_device, precision_name
 from submission import vae_loss
 from tasks import LATENT_RANGE, TASK_RECORDS

@@ -28,7 +28,7 @@ import torch
 from conftest import ROOT, first_images
 from data_utils import LabError, atomic_torch_save, load_split
 from tools import autograde, kit, sandbox
-from tools.autograde import cache, intake, integrity, orchestration, phases, reports, similarity
+from tools.autograde import cache, intake, integrity, orchestration, phases, policy, reports, similarity
 from trainer import TrainConfig
 
 pytestmark = pytest.mark.slow  # whole autograder batches
@@ -727,7 +727,7 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
 
 # ---------------------------------------------------------------- the measures on their own
 def test_source_latent_dim_reads_the_constructor_default_without_running_code():
-    read = orchestration.source_latent_dim
+    read = policy.source_latent_dim
     assert read("class VAE:\n    def __init__(self, latent_dim=12, h=3): pass\n", "VAE") == 12
     assert read("class VAE:\n    def __init__(self, *, latent_dim: int = 5): pass\n", "VAE") == 5
     assert read("class VAE:\n    def __init__(self, latent_dim=None): pass\n", "VAE") is None

@@ -21,11 +21,11 @@ from tools import sandbox
 from tools.jobs import run_jobs
 from tools.autograde.cache import (code_and_data_digest, grader_secret, load_result, results_fingerprint, save_result,
                                    student_secret)
-from tools.autograde.batch import Batch, process_batch  # noqa: F401
+from tools.autograde.batch import Batch, process_batch
 from tools.autograde.intake import shown, take_in
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, Phases, Student, build_lab,
                                     clean_text, copy_untrusted, load_array, phase_json, read_untrusted)
-from tools.autograde.policy import grade_task, source_latent_dim  # noqa: F401
+from tools.autograde.policy import grade_task, source_latent_dim
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import similarity_report
 from tools.kit import SOLUTION_FILE
@@ -320,7 +320,6 @@ def autograde(args) -> list:
             result = {"record": failed_record(names[folder], f"autograder failure: the job was lost on its worker "
                                                              f"({one_line(error)})"),
                       "weights": {}, "digests": {}}
-            result["record"]["seconds"] = 0.0
         record = result["record"]
         record["notes"] = intake_notes.get(number, []) + record.get("notes", [])
         keep(number, result)

@@ -52,7 +52,7 @@ def text(value) -> str:
     return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean_text(value, 10_000), quote=False))
 
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+FORMULA_STARTS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # after leading spaces, tabs, CRs
 
 
 def spreadsheet_safe(value) -> str:
