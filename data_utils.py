@@ -6,6 +6,7 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -26,18 +27,36 @@ class LabError(Exception):
     """A mistake the user can fix; scripts print it as one line instead of a traceback."""
 
 
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: what a shell reports for a program that Ctrl-C stopped
+
+
 def run_cli(main) -> None:
-    """Run a script's main(), turning LabError into `error: ...` and exit code 2."""
+    """Run a script's main(): a LabError becomes `error: ...` and exit code 2, Ctrl-C exit code 130
+    without a traceback.
+
+    Ctrl-C is the user's choice, not an error. Outside training (whose own handler saves interrupted.pth
+    and says so) the script stops once the cleanup it sets off is done (a temporary file, inference.py's
+    partial folder) and says nothing more: under run.sh, run.sh says what is saved and how to go on. The
+    entry scripts leave SIGINT to its default action until main() runs, so a Ctrl-C while torch is
+    imported stops Python at once rather than with a traceback from inside torch."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         main()
     except LabError as error:
-        # An error raised inside a loop leaves its progress bar open, and the message would be
-        # glued to the end of the bar's line: close the bars first.
-        from tqdm import tqdm
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()
+        close_progress_bars()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        close_progress_bars()
+        sys.exit(INTERRUPTED_EXIT_CODE)
+
+
+def close_progress_bars() -> None:
+    """An error raised inside a loop leaves its progress bar open, and the message would be glued to the
+    end of the bar's line: close the bars first."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 PROGRESS_SECONDS = 10  # where the output is not a terminal: a progress line at most this often

@@ -16,8 +16,12 @@ The grade (latent_dim read from the outputs' hyperparams.json):
 import argparse
 import hashlib
 import json
+import signal
 import time
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load stops at once, without a traceback (run_cli)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import numpy as np
 from skimage.metrics import structural_similarity

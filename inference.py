@@ -21,7 +21,11 @@ earlier output of inference.py holding nothing else.
 import argparse
 import hashlib
 import shutil
+import signal
 from pathlib import Path
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load stops at once, without a traceback (run_cli)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 import numpy as np
 import torch

@@ -18,6 +18,15 @@
 #
 # Every step must succeed: the script stops at the first failing one.
 set -euo pipefail
+# Ctrl-C reaches every process of the job. Wherever it lands (a Python step starting up, training,
+# inference, bash between steps), the job ends with this one line and exit code 130. Each Python step
+# stops without a traceback (train.py first saves interrupted.pth and says so); the trap runs once
+# the step has ended.
+interrupted() {
+    echo "interrupted: the training done so far is saved; RESUME=1 bash run.sh continues where it stopped" >&2
+    exit 130
+}
+trap interrupted INT
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 SPLIT=${SPLIT:-valid}
@@ -43,7 +52,9 @@ fi
 run_dir() {  # the run folder of task $1
     case "$RUN" in */*) echo "$RUN/$1" ;; *) echo "checkpoints/$1/$RUN" ;; esac
 }
-TASKS=$("$PYTHON" -c "from tasks import TASKS; print(*TASKS)")  # the names are defined once, in tasks.py
+# The names are defined once, in tasks.py. (SIGINT's default action first, as in the entry scripts: a
+# Ctrl-C during the imports stops Python without a traceback.)
+TASKS=$("$PYTHON" -c "import signal; signal.signal(signal.SIGINT, signal.SIG_DFL); from tasks import TASKS; print(*TASKS)")
 start=$(date +%s)
 for task in $TASKS; do
     echo "== train $task"
@@ -62,8 +73,7 @@ for task in $TASKS; do
     status=0
     "$PYTHON" train.py "${flags[@]}" || status=$?
     if [ "$status" = 130 ]; then
-        echo "interrupted: the run is saved; RESUME=1 bash run.sh continues where it stopped" >&2
-        exit 130
+        interrupted  # a SIGTERM sent to train.py alone: it saved interrupted.pth as for Ctrl-C
     elif [ "$status" != 0 ]; then
         exit "$status"
     fi

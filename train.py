@@ -12,12 +12,16 @@ inference.py reads. Ctrl-C saves interrupted.pth there; --load_from_checkpoint r
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load stops at once, without a traceback (run_cli)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 import torch
 
-from data_utils import ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
+from data_utils import INTERRUPTED_EXIT_CODE, ROOT, BooleanFlag, LabError, MNISTDataset, run_cli, set_random_seed
 from tasks import MODEL_FOR_TASK, RECIPE_EPOCHS, TASKS, canonical_task
 from checkpoint import epoch_number, export_path, newest_run_checkpoint
 from hardware import configure_process, has_fast_bf16
@@ -175,7 +179,7 @@ def main(argv=None):
         trainer.train(save_loss_plot=args.save_loss_plot, show_loss_plot=args.show_loss_plot)
     except TrainingInterrupted as message:
         print(f"interrupted by {message}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

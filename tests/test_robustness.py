@@ -589,3 +589,93 @@ def test_run_sh_survives_ctrl_c_refuses_to_start_over_and_resumes(tmp_path, tiny
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("already trained: ") == 2 and "FRESH=1 bash run.sh trains it again" in again.stdout
     assert all((tmp_path / "runs" / f"{task}.pth").read_bytes() == model for task, model in models.items())
+
+
+RUN_SH_INTERRUPTED = "interrupted: the training done so far is saved; RESUME=1 bash run.sh continues where it stopped"
+
+
+def session_commands(session):
+    """{pid: command line} of the live processes of a session (a job started with start_new_session=True)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the command name: state ppid pgrp session
+                if int(fields[3]) == session:
+                    found[int(entry)] = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):  # not a process, or one that just ended
+            continue
+    return found
+
+
+def importing(words, library):
+    """A moment: a process of the job whose command line holds `words` has `library` (a path fragment)
+    mapped, so it is past its first line and inside the imports that load that library."""
+    def moment(session, log):
+        for pid, command in session_commands(session).items():
+            try:
+                if words in command and library in open(f"/proc/{pid}/maps").read():
+                    return True
+            except OSError:
+                pass
+        return False
+    return moment
+
+
+def printed(words):
+    return lambda session, log: words in log
+
+
+def ctrl_c_in_run_sh(tmp_path, env, name, moment, timeout=300):
+    """`bash run.sh` as a student starts it, and Ctrl-C (SIGINT to its whole process group, as a terminal
+    sends it) once moment(session, output so far) holds; returns (exit code, output)."""
+    log = tmp_path / f"{name}.log"
+    with open(log, "wb") as output:
+        job = subprocess.Popen(["bash", str(ROOT / "run.sh")], cwd=tmp_path, env=env, stdout=output,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not moment(job.pid, log.read_text()):
+            assert job.poll() is None and time.monotonic() < deadline, f"{name}: {log.read_text()[-2000:]}"
+            time.sleep(0.005)
+        os.killpg(job.pid, signal.SIGINT)
+        code = job.wait(timeout=120)
+    return code, log.read_text()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the moment to press Ctrl-C through /proc")
+def test_ctrl_c_anywhere_in_run_sh_ends_with_one_line_that_says_how_to_resume(tmp_path, tiny_valid):
+    """A Ctrl-C while the next task imported torch printed a 45-line KeyboardInterrupt traceback from inside
+    torch, with no hint that the run was saved. Ctrl-C lands at a moment of each kind (Python importing
+    numpy or torch before any step, after a finished task, during inference and grading): each time
+    the job's last line is run.sh's, with exit code 130, no traceback, nothing half-written."""
+    flags = "--limit 256 --epochs 1 --batch_size 64 --pred_step 0 --eval_num 50 --latent_dim 3 --no-save_loss_plot"
+    env = dict(os.environ, PYTHON=sys.executable, SPLIT=str(tiny_valid), RUN=str(tmp_path / "runs"),
+               OUT=str(tmp_path / "out"), THREADS="1", TRAIN_FLAGS=f"{flags} --precision fp32")
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    moments = [  # (name, the moment of the Ctrl-C, what must exist afterwards, what must not)
+        ("tasks", importing("from tasks import", "numpy"), [], [runs]),
+        ("first train", importing("--task VAE0label", "torch/lib"), [], [runs]),
+        ("next train", importing("--task Genwithlabel", "torch/lib"), [runs / "VAE0label.pth"], [runs / "Genwithlabel"]),
+        ("inference", importing("inference.py", "torch/lib"), [runs / "Genwithlabel.pth"], [out]),
+        ("reconstruct", printed("reconstructing"), [], [out / "VAE0label"]),
+        ("grade", importing("grade.py", "numpy"), [out / "Genwithlabel" / "hyperparams.json"],
+         [out / "grade_result.json"]),
+    ]
+    for name, moment, kept, absent in moments:
+        code, text = ctrl_c_in_run_sh(tmp_path, env, name, moment)
+        assert code == 130, f"{name}: exit {code}\n{text[-3000:]}"
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, f"{name}:\n{text[-3000:]}"
+        assert last_line(text) == RUN_SH_INTERRUPTED, f"{name}:\n{text[-3000:]}"
+        assert all(path.exists() for path in kept) and not any(path.exists() for path in absent), name
+        assert not list(tmp_path.rglob("*.partial")) and not list(tmp_path.rglob(".*.tmp")), name
+
+    # train.py on its own, stopped inside torch's import: exit by SIGINT, as any program, and nothing said
+    with open(tmp_path / "alone.err", "w") as errors:
+        alone = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "--save_dir", tmp_path / "alone"],
+                                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
+        while not importing("train.py", "torch/lib")(alone.pid, ""):
+            assert alone.poll() is None
+            time.sleep(0.005)
+        os.killpg(alone.pid, signal.SIGINT)
+        assert alone.wait(timeout=60) == -signal.SIGINT
+    assert (tmp_path / "alone.err").read_text() == "" and not (tmp_path / "alone").exists()
