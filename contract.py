@@ -16,7 +16,10 @@ ran in the handout's own harness runs here. `python contract.py` checks ./submis
 import argparse
 import importlib
 import json
+import os
+import re
 import sys
+import traceback
 
 import torch
 
@@ -40,22 +43,90 @@ def one_line(error: BaseException, limit: int = 240) -> str:
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
-def _call(what: str, function):
+# ------------------------------------------------------------------ the shapes the contract fixes, in words
+def code_shape(batch: int, latent_dim) -> str:
+    """mu's, log_var's and decode's z: '[8, 24]' ('[8, latent_dim]' where latent_dim is not known)."""
+    return f"[{batch}, {latent_dim if latent_dim is not None else 'latent_dim'}]"
+
+
+def built_with(latent_dim) -> str:
+    return f" (the model was built with latent_dim={latent_dim})" if latent_dim is not None else ""
+
+
+def images_shape(batch: int) -> str:
+    return f"{batch} images of 784 values ([{batch}, 784], [{batch}, 28, 28] or [{batch}, 1, 28, 28])"
+
+
+def shape_of(value) -> str:
+    return str(list(value.shape)) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+LAYER_WIDTHS = "check each layer's width against these"  # the fix, when forward or decode fails on a shape
+
+
+def forward_contract(batch: int, latent_dim) -> str:
+    return (f"mu and log_var {code_shape(batch, latent_dim)}{built_with(latent_dim)} and recon_x with {IMAGE_PIXELS} "
+            f"values per image: {LAYER_WIDTHS}")
+
+
+def decode_contract(batch: int, latent_dim) -> str:
+    return (f"decode to take z {code_shape(batch, latent_dim)}{built_with(latent_dim)} and return {IMAGE_PIXELS} "
+            f"values per image: {LAYER_WIDTHS}")
+
+
+def loss_contract(x) -> str:
+    return (f"vae_loss to take recon_x as forward returns it, beside x {shape_of(x)}, and return a scalar tensor: "
+            f"reshape them alike before comparing them")
+
+
+# torch's words for tensors whose shapes do not fit: "mat1 and mat2 shapes cannot be multiplied (8x48 and 24x256)",
+# "The size of tensor a (48) must match the size of tensor b (24)", "shape '[-1, 784]' is invalid for input of
+# size 3136", "Sizes of tensors must match except in dimension 1". Inside forward or decode the usual cause is a
+# layer whose width does not fit latent_dim (or 784), which the harness cannot point at: it says where in the
+# student's file the call failed and which shapes the contract fixes.
+SHAPE_ERROR = re.compile(r"\bshapes?\b|\bsizes?\b|\bdimensions?\b|\bmat[12]\b", re.IGNORECASE)
+
+
+def place_in_file_of(error: BaseException, owner) -> str:
+    """'submission.py:57 (in Encoder.forward)': the innermost line of the error's traceback in the file that
+    defines `owner` (the student's model class or vae_loss), or None if the error did not pass through it."""
+    source = getattr(sys.modules.get(getattr(owner, "__module__", None)), "__file__", None)
+    if not source:
+        return None
+    source, place = os.path.abspath(source), None
+    for frame, line in traceback.walk_tb(error.__traceback__):  # outermost first
+        code = frame.f_code
+        if os.path.abspath(code.co_filename) == source:
+            place = f"{os.path.basename(source)}:{line} (in {getattr(code, 'co_qualname', code.co_name)})"
+    return place
+
+
+def call_failed(what: str, error: BaseException, owner=None, contract: str = None, note: str = "") -> str:
+    """The one line for a call into the student's code that raised: '{what} raised TypeError: ...{note}'. A shape
+    error also says where in the student's file, and what the contract wants there:
+    '{what} failed at submission.py:57 (in Encoder.forward): RuntimeError: mat1 and mat2 ...{note}; the contract
+    wants mu and log_var [8, 24] ...'."""
+    if owner is None or contract is None or not SHAPE_ERROR.search(str(error)):
+        return f"{what} raised {one_line(error)}{note}"
+    place = place_in_file_of(error, owner)
+    return f"{what} failed{f' at {place}' if place else ''}: {one_line(error)}{note}; the contract wants {contract}"
+
+
+def _call(what: str, function, owner=None, contract: str = None):
     try:
         return function()
     except ContractError:
         raise
     except Exception as error:
-        raise ContractError(f"{what} raised {one_line(error)}") from error
+        raise ContractError(call_failed(what, error, owner, contract)) from error
 
 
-def as_images(values, batch: int, what: str) -> torch.Tensor:
+def as_images(values, batch: int, what: str, name: str = "images") -> torch.Tensor:
     """Any 784 values per image -> float [batch, 28, 28]; a one-line ContractError otherwise."""
     if not isinstance(values, torch.Tensor):
         raise ContractError(f"{what} returned a {type(values).__name__}, expected a tensor of images")
     if values.numel() != batch * IMAGE_PIXELS or (values.dim() > 0 and values.shape[0] != batch and batch > 1):
-        raise ContractError(f"{what} returned shape {list(values.shape)}, expected {batch} images of 784 values "
-                            f"([{batch}, 784], [{batch}, 28, 28] or [{batch}, 1, 28, 28])")
+        raise ContractError(f"{what} returned {name} of shape {list(values.shape)}, expected {images_shape(batch)}")
     if not values.is_floating_point():
         raise ContractError(f"{what} returned dtype {values.dtype}, expected floats in [0, 1]")
     return values.reshape(batch, *IMAGE_SHAPE)
@@ -110,20 +181,18 @@ def require_parameters(model: torch.nn.Module) -> list:
 def forward(model, x: torch.Tensor, labels: torch.Tensor, latent_dim: int = None):
     """recon_x, mu, log_var = model(x, labels), checked; recon_x is returned as the model gave it."""
     what = f"{type(model).__name__}.forward(x [{', '.join(map(str, x.shape))}], labels [{len(labels)}])"
-    outputs = _call(what, lambda: model(x, labels))
+    batch = x.shape[0]
+    outputs = _call(what, lambda: model(x, labels), type(model), forward_contract(batch, latent_dim))
     if not isinstance(outputs, (tuple, list)) or len(outputs) != 3:
         got = type(outputs).__name__ + (f" of length {len(outputs)}" if isinstance(outputs, (tuple, list)) else "")
         raise ContractError(f"{what} must return (recon_x, mu, log_var), got a {got}")
     recon_x, mu, log_var = outputs
-    batch = x.shape[0]
-    as_images(recon_x, batch, what)
+    as_images(recon_x, batch, what, "recon_x")
     for name, value in (("mu", mu), ("log_var", log_var)):
         if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.shape[0] != batch \
                 or (latent_dim is not None and value.shape[1] != latent_dim):
-            seen = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ContractError(f"{what} returned {name} of shape {seen}, expected [{batch}, "
-                                f"{latent_dim if latent_dim is not None else 'latent_dim'}]"
-                                + (f" (the model was built with latent_dim={latent_dim})" if latent_dim else ""))
+            raise ContractError(f"{what} returned {name} of shape {shape_of(value)}, expected "
+                                f"{code_shape(batch, latent_dim)}{built_with(latent_dim)}")
     return recon_x, mu, log_var
 
 
@@ -154,7 +223,7 @@ class Decoder:
     MODES = ("batched", "tensor", "int")
 
     def __init__(self, model, latent_dim: int, probe_seed: int = 0):
-        self.model = model
+        self.model, self.latent_dim = model, latent_dim
         name = type(model).__name__
         generator = torch.Generator().manual_seed(probe_seed)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -168,7 +237,7 @@ class Decoder:
                     if not torch.isfinite(results[mode]).all():
                         raise ValueError("NaN or infinite values")
                 except Exception as error:
-                    errors[mode] = one_line(error, 160)
+                    errors[mode] = error
         handout = results.get("tensor", results.get("int"))
         if "batched" in results and (handout is None or torch.allclose(results["batched"], handout, atol=1e-4)):
             self.mode = "batched"
@@ -177,9 +246,10 @@ class Decoder:
         elif "int" in results:
             self.mode = "int"
         else:
-            raise ContractError(f"{name}.decode(z [1, {latent_dim}], label tensor(5)) raised "
-                                f"{errors.get('tensor')} (the batched call decode(z [3, {latent_dim}], "
-                                f"labels [3]) raised {errors.get('batched')})")
+            batched = (f" (the batched call decode(z [3, {latent_dim}], labels [3]) raised "
+                       f"{one_line(errors['batched'], 160)})")
+            raise ContractError(call_failed(f"{name}.decode(z [1, {latent_dim}], label tensor(5))", errors["tensor"],
+                                            type(model), decode_contract(1, latent_dim), note=batched))
         self.note = {"batched": "batched decode(z [B, D], labels [B])",
                      "tensor": "the handout's decode(z [1, D], 0-dim label), one sample at a time"
                                + (" (the batched call gave other images)" if "batched" in results else ""),
@@ -190,8 +260,8 @@ class Decoder:
         self.warning = None
         if "tensor" in errors:
             self.warning = (f"the handout's one-sample call {name}.decode(z [1, {latent_dim}], label tensor(5)) "
-                            f"fails ({errors['tensor']}), so the original harness would stop there; this lab "
-                            f"used {self.note}")
+                            f"fails ({one_line(errors['tensor'], 160)}), so the original harness would stop there; "
+                            f"this lab used {self.note}")
 
     def _run(self, mode, z, labels):
         if mode == "batched":
@@ -202,11 +272,14 @@ class Decoder:
     def __call__(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """float images [B, 28, 28] for codes z [B, D] and labels [B]."""
         what = f"{type(self.model).__name__}.decode ({self.note})"
-        return _call(what, lambda: self._run(self.mode, z, labels)).float()
+        contract = decode_contract(len(z) if self.mode == "batched" else 1, self.latent_dim)
+        return _call(what, lambda: self._run(self.mode, z, labels), type(self.model), contract).float()
 
 
 def loss(vae_loss, recon_x, x, mu, log_var, var: float) -> torch.Tensor:
-    value = _call(f"vae_loss(recon_x, x, mu, log_var, var={var})", lambda: vae_loss(recon_x, x, mu, log_var, var=var))
+    what = (f"vae_loss(recon_x {shape_of(recon_x)}, x {shape_of(x)}, mu {shape_of(mu)}, log_var {shape_of(log_var)}, "
+            f"var={var})")
+    value = _call(what, lambda: vae_loss(recon_x, x, mu, log_var, var=var), vae_loss, loss_contract(x))
     if not isinstance(value, torch.Tensor) or value.dim() != 0:
         seen = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
         raise ContractError(f"vae_loss returned {seen}, expected a scalar tensor (the mean over the batch)")

@@ -212,13 +212,23 @@ LOSS_LINE = "return (kl + reconstruction).mean()"
 
 def lab_copy(folder, line, replacement):
     """The lab's modules and check_submission.py in `folder`, with the reference submission.py's `line` replaced."""
+    lab_with(folder, changed((ROOT / "submission.py").read_text(), {line: replacement}))
+
+
+def lab_with(folder, submission_source):
+    """The lab's modules and check_submission.py in `folder`, with `submission_source` as its submission.py."""
     from tools.kit import grader_lab_files
     for name in grader_lab_files(ROOT):
         shutil.copyfile(ROOT / name, folder / name)
     shutil.copyfile(ROOT / "tools" / "check_submission.py", folder / "check_submission.py")
-    source = (ROOT / "submission.py").read_text()
-    assert source.count(line) == 1
-    (folder / "submission.py").write_text(source.replace(line, replacement))
+    (folder / "submission.py").write_text(submission_source)
+
+
+def changed(source, replacements):
+    for line, replacement in replacements.items():
+        assert source.count(line) == 1, line
+        source = source.replace(line, replacement)
+    return source
 
 
 @pytest.mark.parametrize("wrong, said", [
@@ -256,3 +266,68 @@ def test_a_run_that_fails_before_it_saves_anything_leaves_no_folder(tmp_path, ti
         "--train_data", tiny_valid, "--valid_data", tiny_valid, "--eval_num", 32, "--pred_step", 0,
         folder=tmp_path, check=False)
     assert (tmp_path / "kept").is_dir()
+
+
+# A student's VAE whose encoder heads are 2 * latent_dim wide (tests/mistakes/encoder_width.py), and the other
+# widths students get wrong, made from it: the widths it gets right, one changed at a time.
+ENCODER_WIDTH = (ROOT / "tests" / "mistakes" / "encoder_width.py").read_text()
+RIGHT_HEADS = {"self.fc_mu = nn.Linear(hidden_dim, 2 * latent_dim)": "self.fc_mu = nn.Linear(hidden_dim, latent_dim)",
+               "self.fc_log_var = nn.Linear(hidden_dim, 2 * latent_dim)":
+                   "self.fc_log_var = nn.Linear(hidden_dim, latent_dim)"}
+CALL = "VAE.forward(x [{B}, 1, 28, 28], labels [{B}])"
+
+
+@pytest.mark.parametrize("replacements, failing_line, said", [
+    ({}, "h = F.relu(self.fc3(z))",
+     CALL + " failed at submission.py:{line} (in VAE.decode): RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+            "({B}x48 and 24x256); the contract wants mu and log_var [{B}, 24] (the model was built with latent_dim=24) "
+            "and recon_x with 784 values per image: check each layer's width against these"),
+    ({"self.fc3 = nn.Linear(latent_dim, hidden_dim)": "self.fc3 = nn.Linear(2 * latent_dim, hidden_dim)"}, None,
+     CALL + " returned mu of shape [{B}, 48], expected [{B}, 24] (the model was built with latent_dim=24)"),
+    ({**RIGHT_HEADS, "self.fc5 = nn.Linear(512, 784)": "self.fc5 = nn.Linear(512, 748)"}, None,
+     CALL + " returned recon_x of shape [{B}, 748], expected {B} images of 784 values ([{B}, 784], [{B}, 28, 28] or "
+            "[{B}, 1, 28, 28])"),
+    ({**RIGHT_HEADS, "(x.view(len(x), -1) - recon_x.view(len(x), -1))": "(x - recon_x)"}, "reconstruction = ",
+     "vae_loss(recon_x [{B}, 784], x [{B}, 1, 28, 28], mu [{B}, 24], log_var [{B}, 24], var=0.5) failed at "
+     "submission.py:{line} (in vae_loss): RuntimeError: The size of tensor a (28) must match the size of tensor b "
+     "(784) at non-singleton dimension 3; the contract wants vae_loss to take recon_x as forward returns it, beside "
+     "x [{B}, 1, 28, 28], and return a scalar tensor: reshape them alike before comparing them"),
+], ids=["encoder-heads", "mu-returned", "recon-returned", "loss-reshape"])
+def test_a_width_that_does_not_fit_the_contract_is_named_with_the_shape_it_should_have(replacements, failing_line, said,
+                                                                                      tmp_path, tiny_valid):
+    """An encoder returning [B, 48] for latent_dim 24 got `VAE.forward(x [8, 1, 28, 28], labels [8]) raised
+    RuntimeError: mat1 and mat2 shapes cannot be multiplied (8x48 and 24x256)`: no word of which part, or of the
+    shape expected. The check and train.py (its check before the first step on 2 images, or with --no-check_loss
+    the first step itself) now name the line of submission.py where it failed and the shapes the contract fixes;
+    an output of the wrong shape is named with the shape it should have."""
+    source = changed(ENCODER_WIDTH, replacements)
+    line = next(n for n, text in enumerate(source.splitlines(), 1) if failing_line in text) if failing_line else None
+    lab_with(tmp_path, source)
+    checked = run("check_submission.py", "--task", "VAE0label", folder=tmp_path, check=False)
+    assert checked.returncode == 1 and f"VAE0label: {said.format(B=8, line=line)}" in checked.stdout.splitlines(), \
+        checked.stdout
+    for flags, batch in (([], 2), (["--no-check_loss"], 64)):
+        trained = run("train.py", "--task", "VAE0label", "--save_dir", tmp_path / "run", "--limit", 64, "--epochs", 1,
+                      "--var", 0.5, "--train_data", tiny_valid, "--valid_data", tiny_valid, "--eval_num", 32,
+                      "--pred_step", 0, *flags, folder=tmp_path, check=False)
+        lines = trained.stderr.strip().splitlines()  # the first step's progress bar, then the error
+        assert trained.returncode == 2 and lines[-1] == f"error: {said.format(B=batch, line=line)}", trained.stderr
+        assert "Traceback" not in trained.stderr and (flags or len(lines) == 1)
+        assert not (tmp_path / "run").exists()
+
+
+class ForgetsTheLabel(TinyDecoder):
+    def decode(self, z, label):
+        return torch.sigmoid(self.fc(z))  # self.fc takes z beside the one-hot label: 3 + 10 wide
+
+
+def test_a_decode_that_fails_on_a_shape_is_named_with_the_shapes_of_the_contract():
+    with pytest.raises(contract.ContractError) as raised:
+        contract.Decoder(ForgetsTheLabel("batched").eval(), latent_dim=3)
+    line = ForgetsTheLabel.decode.__code__.co_firstlineno + 1
+    assert str(raised.value) == (
+        f"ForgetsTheLabel.decode(z [1, 3], label tensor(5)) failed at test_contract.py:{line} (in "
+        f"ForgetsTheLabel.decode): RuntimeError: mat1 and mat2 shapes cannot be multiplied (1x3 and 13x784) (the "
+        f"batched call decode(z [3, 3], labels [3]) raised RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+        f"(3x3 and 13x784)); the contract wants decode to take z [1, 3] (the model was built with latent_dim=3) and "
+        f"return 784 values per image: check each layer's width against these")
