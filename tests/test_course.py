@@ -1,6 +1,10 @@
 """The course kit (tools/course.py): the stripped starter and the kit's contents (autograding: test_autograde.py)."""
+import ast
+import builtins
 import difflib
 import importlib.util
+import keyword
+import re
 
 import pytest
 import torch
@@ -38,7 +42,7 @@ def starter(kit):
 def test_stripped_file_differs_from_the_solution_only_inside_the_markers(solution):
     stripped = strip_solution(solution)
     regions = solution_regions(solution)
-    assert {r.section for r in regions} == SECTIONS and len(regions) == 13
+    assert {r.section for r in regions} == SECTIONS and len(regions) == 11
     old, new = solution.splitlines(), stripped.splitlines()
     inside = set()
     for region in regions:
@@ -50,7 +54,7 @@ def test_stripped_file_differs_from_the_solution_only_inside_the_markers(solutio
     outside = [line for i, line in enumerate(old) if i not in inside]
     assert [line for line in new if "TODO" not in line and line.strip() != "pass"] == outside
     assert not any(BEGIN_MARKER.match(line) or END_MARKER.match(line) for line in new)
-    for answer in ("nn.Linear(IMAGE_PIXELS + extra_features", "log_var.exp()", "torch.randn_like", "self.decoder(z, condition)"):
+    for answer in ("layers(IMAGE_PIXELS, *HIDDEN", "log_var.exp()", "torch.randn_like", "self.code_statistics.update"):
         assert answer in solution and answer not in stripped
     compile(stripped, "submission.py", "exec")
 
@@ -85,7 +89,7 @@ def test_strip_rules_on_a_small_file():
         "    def f(self, x):\n"
         '        """Doc kept."""\n'
         '        raise NotImplementedError("TODO 2.3 (the loss): implement A.f in submission.py")\n'
-        "# TODO 0: your code here.\n"
+        "# TODO 0: your own classes, functions and constants, if you want any.\n"
         "pass\n"
     )
     assert strip_solution(source.replace("\n", "\r\n")) == strip_solution(source).replace("\n", "\r\n")
@@ -122,7 +126,8 @@ def test_kit_contents(kit, solution):
     images, labels = load_split(kit / "dataset" / "valid.npz")
     assert images.shape == (10_000, 28, 28) and len(labels) == 10_000
     note = (kit / course.STARTER_NOTE).read_text()
-    assert "Encoder.forward" in note and "dataset/test.npz" in note and "tests/" in note
+    assert "| 2.2.2 | `VAE.encode` |" in note and "| 3 | above `GenModel` | optional" in note
+    assert "dataset/test.npz" in note and "tests/" in note and "module level" not in note
     compile((kit / "check_submission.py").read_text(), "check_submission.py", "exec")
     with pytest.raises(LabError, match="not an empty folder"):
         course.write_starter(kit)
@@ -130,18 +135,15 @@ def test_kit_contents(kit, solution):
 
 def test_starter_imports_builds_and_stubs_name_their_section(starter):
     vae, gen = starter.VAE(latent_dim=8), starter.GenModel(latent_dim=4)   # building works
-    starter.Encoder(8), starter.Decoder(8)
     x, z, labels = torch.rand(2, 1, 28, 28), torch.randn(2, 8), torch.tensor([1, 2])
     calls = {
-        ("2.2.2", "Encoder.forward"): lambda: vae.encode(x),
-        ("2.2.3", "Decoder.forward"): lambda: vae.decode(z, 3),
+        ("2.2.2", "VAE.encode"): lambda: vae.encode(x),
+        ("2.2.3", "VAE.decode"): lambda: vae.decode(z, 3),
         ("2.2.4", "VAE.forward"): lambda: vae(x, labels),
         ("2.2.4", "VAE.reparameterize"): lambda: vae.reparameterize(z, z),
         ("2.3", "vae_loss"): lambda: starter.vae_loss(x, x, z, z),
-        ("3", "GenModel.encode"): lambda: gen.encode(x, labels),
         ("3", "GenModel.decode"): lambda: gen.decode(z[:, :4], 3),
         ("3", "GenModel.forward"): lambda: gen(x, labels),
-        ("3", "GenModel.reparameterize"): lambda: gen.reparameterize(z, z),
     }
     for (section, where), call in calls.items():
         with pytest.raises(NotImplementedError) as raised:
@@ -151,7 +153,64 @@ def test_starter_imports_builds_and_stubs_name_their_section(starter):
     import submission
     for name in ("VAE", "GenModel", "vae_loss"):
         assert getattr(starter, name).__doc__ == getattr(submission, name).__doc__
-    assert starter.GenModel.decode.__doc__ == submission.GenModel.decode.__doc__
+    # The starter's names are the contract's: the solution's own helpers are not there.
+    assert {name for name in vars(starter) if not name.startswith("__")} == {"torch", "nn", "VAE", "vae_loss", "GenModel"}
+
+
+# ---------------------------------------------------------------- the starter gives the design away nowhere
+# What the starter may say outside the contract's own words: Python and torch's plumbing of the
+# handout's template (`class VAE(nn.Module)`, `super().__init__()`, `-> torch.Tensor`) and words of English.
+TEMPLATE_WORDS = {"self", "__init__", "super", "torch", "nn", "module", "tensor"}
+ENGLISH = {"a", "an", "and", "are", "as", "at", "be", "by", "for", "from", "if", "in", "is", "it", "its", "not",
+           "of", "on", "or", "that", "the", "them", "this", "to", "with", "s", "i", "b", "n"}
+
+
+def words(text: str) -> set:
+    return {word.lower() for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)}
+
+
+def solution_region_text(solution: str) -> str:
+    lines = solution.splitlines()
+    return "\n".join("\n".join(lines[r.begin + 1:r.end]) for r in solution_regions(solution))
+
+
+def contract_words(solution: str) -> set:
+    """The words of the contract as the starter states it: the module docstring (the calls the
+    scripts make), vae_loss's docstring (the handout's formula) and the stubs' messages."""
+    tree = ast.parse(solution)
+    loss = next(node for node in tree.body if getattr(node, "name", "") == "vae_loss")
+    stubs = "\n".join(line for region in solution_regions(solution) for line in region.stub())
+    return words(ast.get_docstring(tree)) | words(ast.get_docstring(loss)) | words(stubs)
+
+
+def design_leaks(solution: str) -> set:
+    """Words of the solution's regions (names, parameters, docstrings, comments) that the starter
+    shows although neither the contract, Python nor plain English needs them."""
+    allowed = contract_words(solution) | TEMPLATE_WORDS | ENGLISH | {w.lower() for w in keyword.kwlist + dir(builtins)}
+    return (words(solution_region_text(solution)) & words(strip_solution(solution))) - allowed
+
+
+def unused_imports(source: str) -> set:
+    tree = ast.parse(source)
+    imported = {(alias.asname or alias.name).split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+    return imported - used
+
+
+def test_the_starter_holds_the_contract_and_nothing_of_the_reference_design(solution):
+    assert design_leaks(solution) == set()
+    assert unused_imports(strip_solution(solution)) == set()
+    # Each check fails on a leak of the kinds the first starter had.
+    gen_model = "class GenModel(nn.Module):\n"
+    leaky = [
+        solution.replace(gen_model, gen_model + '    """Keeps a mixture of clumps per class."""\n', 1),
+        solution.replace("    def __init__(self, latent_dim: int = 24):\n        super().__init__()\n        self.latent_dim = latent_dim\n        # BEGIN SOLUTION 3",
+                         "    def __init__(self, latent_dim: int = 24, spread: float = 0.8):\n        super().__init__()\n        self.latent_dim = latent_dim\n        # BEGIN SOLUTION 3", 1),
+        solution.replace(gen_model, "def one_hot(labels):\n    return labels\n\n\n" + gen_model, 1),
+    ]
+    assert [design_leaks(text) for text in leaky] == [{"keeps", "mixture", "clumps"}, {"spread"}, {"one_hot"}]
+    assert unused_imports(strip_solution(solution.replace("import torch\n", "import math\nimport torch\n", 1))) == {"math"}
 
 
 # Checkpoints handed in and batch autograding: tests/test_autograde.py (tools/autograde/).

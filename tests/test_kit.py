@@ -60,7 +60,8 @@ def test_the_kit_has_its_own_readme_and_no_answers(kit):
         assert (kit / script).is_file(), script
     solution = (ROOT / "submission.py").read_text()
     # the reference's generation trick is part of the answer: not in the kit
-    assert "class ClassCodeStatistics" in solution and "ClassCodeStatistics" not in (kit / "submission.py").read_text()
+    for answer in ("class ConditionalVAE", "class ClassCodeStatistics"):
+        assert answer in solution and answer not in (kit / "submission.py").read_text()
 
 
 def test_from_stubs_to_a_graded_submission_in_the_readmes_order(kit, tiny_valid):

@@ -416,7 +416,8 @@ def test_log_var_cannot_overflow_silently(tmp_path):
     x = MNISTDataset("valid", limit=8).images
     labels = torch.arange(8) % 10
     for model in (VAE(latent_dim=4), GenModel(latent_dim=4), DemoVAE(latent_dim=4)):
-        head = model.to_log_var if isinstance(model, DemoVAE) else model.encoder.head
+        head = {DemoVAE: lambda: model.to_log_var, VAE: lambda: model.encoder[-1],
+                GenModel: lambda: model.cvae.encoder[-1]}[type(model)]()
         with torch.no_grad():
             head.bias.fill_(1e4)  # log_var = 1e4 would make exp(log_var) = inf
         recon_x, mu, log_var = model(x, labels)
@@ -427,7 +428,7 @@ def test_log_var_cannot_overflow_silently(tmp_path):
 
     # A student's encoder without the clamp: exp overflows to inf, and the trainer says so at once.
     class Unclamped(VAE):
-        def encode(self, x, labels=None):
+        def encode(self, x):
             mu, log_var = super().encode(x)
             return mu, log_var + 200
 

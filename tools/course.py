@@ -43,9 +43,13 @@ def check_script_source() -> str:
 
 
 def starter_note(regions: list, left_out: dict, include_test_split: bool) -> str:
-    stubs = {True: "fill in (constructing the class works while it is empty)",
-             False: "raises NotImplementedError until written"}
-    todo = "\n".join(f"| {r.section} | `{r.qualname or '(module level)'}` | {stubs[r.constructs]} |" for r in regions)
+    def stub(region) -> str:
+        if not region.constructs:
+            return "raises NotImplementedError until written"
+        if region.function:
+            return "fill in (the class constructs while it is empty)"
+        return "optional: room for classes, functions and constants of your own"
+    todo = "\n".join(f"| {r.section} | {r.where} | {stub(r)} |" for r in regions)
     reasons = "\n".join(f"- `{pattern}`: {why}" for pattern, why in left_out_by_rule(left_out))
     split = ("`dataset/test.npz` is included." if include_test_split else
              "There is no `dataset/test.npz`: the course grades on a test split you do not get. Choose your "

@@ -44,6 +44,7 @@ class Region:
     indent: str
     owner: str      # the enclosing class, or "" at module level / in a plain function
     function: str   # the enclosing function, or "" at module level
+    before: str = ""  # at module level: the class or function that follows the region
 
     @property
     def label(self) -> str:
@@ -53,6 +54,13 @@ class Region:
     @property
     def qualname(self) -> str:
         return ".".join(part for part in (self.owner, self.function) if part)
+
+    @property
+    def where(self) -> str:
+        """Where the region is, for the kit's table (Markdown): `VAE.encode`, or above `GenModel`."""
+        if self.qualname:
+            return f"`{self.qualname}`"
+        return f"above `{self.before}`" if self.before else "at the end of the file"
 
     @property
     def constructs(self) -> bool:
@@ -66,7 +74,7 @@ class Region:
             return [f"raise NotImplementedError({json.dumps(message)})"]
         if self.function == "__init__":
             return [f"# {self.label}: define the layers and attributes of {self.owner} here.", "pass"]
-        return [f"# {self.label}: your code here.", "pass"]
+        return [f"# {self.label}: your own classes, functions and constants, if you want any.", "pass"]
 
 
 def _enclosing(tree: ast.AST, lineno: int):
@@ -111,7 +119,9 @@ def solution_regions(text: str, filename: str = SOLUTION_FILE) -> list:
             start, match = opened
             # The BEGIN line lies inside the enclosing function's line range (its body follows).
             owner, function = _enclosing(tree, start + 1)
-            regions.append(Region(match["section"], start, index, match["indent"], owner, function))
+            following = [node.name for node in tree.body if node.lineno > index + 1 and hasattr(node, "name")]
+            before = following[0] if following and not owner and not function else ""
+            regions.append(Region(match["section"], start, index, match["indent"], owner, function, before))
             opened = None
     if opened is not None:
         raise LabError(f"{filename}:{opened[0] + 1}: the region opened here has no '# END SOLUTION'")
