@@ -186,6 +186,25 @@ def test_inference_writes_every_picture(extended):
             assert np.asarray(picture.convert("L")).std() > 10  # not blank
 
 
+def test_every_grid_picture_fits_its_title():
+    """The interpolation's title once ran off both edges of its 8-column grid."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+    import pictures
+    cells = np.zeros((10, 16, 28, 28), np.uint8)
+    titles = ["decoding the line between the codes of two digits of one label (the label fixed)",
+              "decode(z ~ N(0, I)): the label-free model ignores the label", "x" * 200]
+    for columns in (1, 8, 16):
+        for title in titles:
+            figure = pictures.grid_figure(cells[:, :columns], [f"row {i}" for i in range(10)], title,
+                                          column_names=[str(j) for j in range(columns)])
+            renderer = FigureCanvasAgg(figure).get_renderer()
+            drawn = next(text for text in figure.findobj(Text)
+                         if "".join(text.get_text().split()) == "".join(title.split()))
+            box, page = drawn.get_window_extent(renderer), figure.bbox
+            assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1, (columns, title, box, page)
+
+
 def test_grade_extended_adds_its_own_keys_and_keeps_the_lab_grade(extended):
     base, result, stdout = extended
     for task in ("VAE0label", "Genwithlabel"):

@@ -330,7 +330,7 @@ def test_vae_loss_is_negative_elbo_minus_the_dropped_constant(x_shape):
         recon_x, mu, log_var = model(x)
         z = model.reparameterize(mu, log_var)
         assert torch.equal(z, mu)
-        decoder_mean = model.decoder(z).reshape(len(x), -1)
+        decoder_mean = model.decode(z).reshape(len(x), -1)
     torch.testing.assert_close(recon_x.reshape(len(x), -1), decoder_mean)
     posterior = Normal(mu, torch.exp(0.5 * log_var))
     prior = Normal(torch.zeros_like(mu), torch.ones_like(mu))

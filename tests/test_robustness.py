@@ -320,7 +320,7 @@ def test_truncated_and_foreign_checkpoints_are_one_line_errors(reference, train_
     # Another architecture: the weights of a wider decoder than the code builds now.
     checkpoint = load_checkpoint(reference.parent / "run.pth")
     state = dict(checkpoint["model_state_dict"])
-    state["decoder.body.0.weight"] = torch.zeros(300, state["decoder.body.0.weight"].shape[1])
+    state["cvae.decoder.0.weight"] = torch.zeros(300, state["cvae.decoder.0.weight"].shape[1])
     other = tmp_path / "other_architecture.pth"
     torch.save(dict(checkpoint, model_state_dict=state), other)
     result = run("inference.py", "--checkpoint_path", other, "--save_dir", tmp_path / "out", check=False)
@@ -370,7 +370,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(reference,
     shutil.copy(reference / "epoch_1.pth", run_dir / "epoch_1.pth")
     good = (run_dir / "epoch_1.pth").read_bytes()
     checkpoint = load_checkpoint(run_dir / "epoch_1.pth")
-    checkpoint["model_state_dict"]["decoder.body.0.bias"][0] = float("nan")  # diverged weights
+    checkpoint["model_state_dict"]["cvae.decoder.0.bias"][0] = float("nan")  # diverged weights
     atomic_torch_save(checkpoint, run_dir / "interrupted.pth")
     checkpoint = load_checkpoint(run_dir / "interrupted.pth")
     assert checkpoint["step"] == BATCHES_PER_EPOCH

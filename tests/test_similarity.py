@@ -396,7 +396,8 @@ return (kl + nll).mean()
     a, b = fingerprints(mine, TEMPLATE), fingerprints(theirs, TEMPLATE)
     assert min(len(a), len(b)) >= similarity.MIN_FINGERPRINTS  # judged, not skipped
     assert source_similarity(a, b) < 0.4
-    assert source_similarity(fingerprints(mine, ""), fingerprints(theirs, "")) >= SOURCE_SIMILARITY  # the template
+    # Without the discount the template alone (imports, signatures, docstrings) makes them half alike.
+    assert source_similarity(fingerprints(mine, ""), fingerprints(theirs, "")) > 0.5
     assert fingerprints(TEMPLATE, TEMPLATE) == set()
 
     # Two who wrote the same two lines of reparameterize into the template have too little of their own to judge.
