@@ -25,7 +25,8 @@ Each phase is one process that does its work for every task still in the running
 without a handed-in checkpoint). The grader checks every array itself, grades with
 grade.grade_arrays in its own process (policy.py), and flags what looks like cheating
 (docs/course.md, "Integrity"); pairs of students with near-identical source or weights are listed,
-never penalised.
+never penalised. At the end, OUT.html shows the class (grades, pictures, each flag's evidence) and
+OUT_feedback/ holds one file per student to hand back (docs/course.md, "The class page and the feedback files").
 """
 import sys
 from pathlib import Path
@@ -46,5 +47,9 @@ if str(ROOT) not in sys.path:
 #   integrity.py      the checks on the arrays: bypass, moves, copies, legibility (and calibration)
 #   similarity.py     similarity between students
 #   reports.py        the table, its Markdown and JSON
+#   evidence.py       the pictures of each graded task, kept for the pages (in the grading process)
+#   class_page.py     the class page, OUT.html, drawn from what the batch kept
+#   feedback.py       each student's feedback file, OUT_feedback/<student>.html
+#   page_parts.py     what the two pages share: escaped text, pictures, the flags in plain words
 from tools.autograde.cli import add_arguments, main  # noqa: E402,F401
 from tools.autograde.orchestration import autograde  # noqa: E402,F401

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from data_utils import atomic_write_bytes, atomic_write_json, resolve_split
+from tools.autograde.evidence import flatten, unflatten
 from tools.kit import ROOT, grader_lab_files
 
 # Settings that decide where and how fast a batch runs, not what it finds: a rerun that changes only
@@ -86,6 +87,9 @@ def save_result(folder: Path, slot: str, fingerprint: str, result: dict) -> None
     vectors = io.BytesIO()
     np.savez(vectors, **{task: vector for task, (vector, _) in result["weights"].items()})
     atomic_write_bytes(folder / f"{slot}.npz", vectors.getvalue())
+    pictures = io.BytesIO()  # what the class page shows of them (evidence.py): a few images, compressed
+    np.savez_compressed(pictures, **flatten(result.get("pictures", {})))
+    atomic_write_bytes(folder / f"{slot}.pictures.npz", pictures.getvalue())
     atomic_write_json(folder / f"{slot}.json", {
         "fingerprint": fingerprint, "record": result["record"], "digests": result["digests"],
         "shapes": {task: shapes for task, (_, shapes) in result["weights"].items()}})
@@ -103,6 +107,17 @@ def load_result(folder: Path, slot: str, fingerprint: str, require_isolation: bo
         with np.load(folder / f"{slot}.npz") as vectors:
             weights = {task: (vectors[task], [tuple(shape) for shape in shapes])
                        for task, shapes in saved["shapes"].items()}
-        return {"record": saved["record"], "weights": weights, "digests": saved["digests"]}
+        return {"record": saved["record"], "weights": weights, "digests": saved["digests"],
+                "pictures": saved_pictures(folder / f"{slot}.pictures.npz")}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def saved_pictures(path: Path) -> dict:
+    """The pictures saved with a result, or {} when there are none or they cannot be read: the grade
+    stands without them, and the class page says they were not kept."""
+    try:
+        with np.load(path) as arrays:
+            return unflatten({key: arrays[key] for key in arrays.files})
+    except (OSError, ValueError, KeyError, EOFError):
+        return {}

@@ -18,7 +18,9 @@ def add_arguments(grade: argparse.ArgumentParser) -> None:
     from trainer import TrainConfig
     defaults = TrainConfig()
     grade.add_argument("submissions", type=Path, help="folder with one sub-folder per student")
-    grade.add_argument("--out", required=True, help="the CSV table; OUT.md, OUT.json and OUT_logs/ go beside it")
+    grade.add_argument("--out", required=True,
+                       help="the CSV table; OUT.md, OUT.json, OUT_logs/, the class page OUT.html and the students' "
+                            "feedback files OUT_feedback/ go beside it")
     grade.add_argument("--data_path", default="test", help="split to grade on: a split name or an .npz path")
     grade.add_argument("--valid_data", default="valid", help="validation split used while training")
     grade.add_argument("--train_data", default="train",

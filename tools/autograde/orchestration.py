@@ -2,7 +2,8 @@
 phases and the grading policy to a record (grade_student, grade_one), and the whole class with the
 result cache and the tables (autograde). The package's other files: intake.py (the hand-in),
 phases.py and inside.py (the sandboxed phases, outside and inside), reads.py (what a phase wrote),
-policy.py and integrity.py (the grade and its checks), cache.py, similarity.py, reports.py, cli.py."""
+policy.py and integrity.py (the grade and its checks), cache.py, similarity.py, reports.py (the tables),
+evidence.py and class_page.py (the pictures and the pages), cli.py."""
 import hashlib
 import os
 import socket
@@ -22,12 +23,14 @@ from tools.jobs import run_jobs
 from tools.autograde.cache import (code_and_data_digest, grader_secret, load_result, results_fingerprint, save_result,
                                    student_secret)
 from tools.autograde.batch import Batch, process_batch
+from tools.autograde.class_page import write_pages
+from tools.autograde.evidence import task_pictures
 from tools.autograde.intake import shown, take_in
 from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, Phases, Student, build_lab,
                                     clean_text, copy_untrusted, load_array, phase_json, read_untrusted)
 from tools.autograde.policy import grade_task, source_latent_dim
 from tools.autograde.reports import write_tables
-from tools.autograde.similarity import similarity_report
+from tools.autograde.similarity import add_passages, similarity_report
 from tools.kit import SOLUTION_FILE
 
 _print_lock = threading.Lock()
@@ -143,6 +146,11 @@ def grade_student(batch: Batch, student: Student) -> dict:
             fail(f"{task} {error}")
             for key in ("ssim", "mse", "fid", "score"):
                 record["tasks"][task].pop(key, None)
+            continue
+        try:  # for the class page and the feedback files: no grade depends on them
+            student.pictures[task] = task_pictures(record["tasks"][task], recon[task], decoded[task], batch)
+        except Exception as error:
+            student.say(f"warning: {task}'s pictures were not kept: {one_line(error)}")
     return record
 
 
@@ -206,7 +214,7 @@ def grade_one(job: dict) -> dict:
     record.update(seconds=round(time.perf_counter() - started, 2), host=socket.gethostname(), isolation=isolation,
                   hand_in_sha256=job["hand_in"])
     return {"record": record, "weights": student.weights if student else {},
-            "digests": student.checkpoint_sha256 if student else {}}
+            "digests": student.checkpoint_sha256 if student else {}, "pictures": student.pictures if student else {}}
 
 
 def failed_record(name: str, error: str) -> dict:
@@ -235,6 +243,17 @@ def check_settings(args, submissions: Path, out: Path) -> None:
         raise LabError("--scheduler is the address of a Dask scheduler: add --backend dask")
     for split in (args.data_path, args.valid_data, args.train_data):
         load_split(resolve_split(split))  # a missing or corrupt split stops the batch now, in one line
+
+
+def write_outputs(records: list, pictures: dict, report: dict, out: Path, slots: dict) -> list:
+    """The tables (reports.py), then the class page and the feedback files (class_page.py): extras, whose
+    failure is one warning line and never costs the tables."""
+    paths = write_tables(records, out, report)
+    try:
+        paths += write_pages(records, pictures, report, out, slots)
+    except Exception as error:
+        _print(f"warning: the class page and the feedback files were not written: {one_line(error)}")
+    return paths
 
 
 def autograde(args) -> list:
@@ -274,6 +293,7 @@ def autograde(args) -> list:
     records = [None] * len(folders)
     weights = {}  # (student, task) -> the handed-in weights as one vector, and their shapes
     digests = {}  # (student, task) -> the handed-in checkpoint's sha256, which the grader computed itself
+    pictures = {}  # student -> {task: evidence.task_pictures}: what the class page and the feedback files show
     started = time.perf_counter()
 
     def keep(number, result):
@@ -281,6 +301,7 @@ def autograde(args) -> list:
         records[number] = result["record"]
         weights.update({(names[folder], task): vector for task, vector in result["weights"].items()})
         digests.update({(names[folder], task): digest for task, digest in result["digests"].items()})
+        pictures[names[folder]] = result.get("pictures", {})
 
     lab_digest = code_and_data_digest(args)
     sandbox.remove_tree(store)
@@ -346,11 +367,12 @@ def autograde(args) -> list:
     run_jobs(grade_one, jobs, done, backend=args.backend, workers=args.jobs, scheduler=args.scheduler,
              name="autograde")
     records = [r for r in records if r is not None]
+    copies = {names[f]: store / slots[f] for number, f in enumerate(folders) if number in fingerprints}
     try:
-        copies = {names[f]: store / slots[f] for number, f in enumerate(folders) if number in fingerprints}
         report["similarity"], report["similarity_notes"] = similarity_report(records, copies, weights, digests)
     except Exception as error:  # a bug in the comparison must not lose the batch's tables
         report["similarity"], report["similarity_notes"] = [], [f"similarity not computed: {one_line(error)}"]
+    add_passages(report["similarity"], copies)  # while the store holds the files: for the class page
     for record in records:  # a resumed record may hold the flags of an earlier similarity pass
         record["flags"] = [f for f in record["flags"] if f["flag"] not in ("similar-source", "similar-weights",
                                                                              "same-checkpoint")]
@@ -361,7 +383,7 @@ def autograde(args) -> list:
             record["flags"].append({"flag": pair["kind"], "task": pair.get("task", ""),
                                     "evidence": f"{pair['kind']} with {other}: {pair['value']:.3f}"})
     report["seconds"] = round(time.perf_counter() - started, 2)
-    paths = write_tables(records, out, report)
+    paths = write_outputs(records, pictures, report, out, {names[f]: slots[f] for f in folders})
     sandbox.remove_tree(store)
     _print(f"graded {len(records)} students in {report['seconds']:.1f} s "
            f"({', '.join(str(r['student']) + ' ' + format(r['seconds'], '.1f') + ' s' for r in records)}): "

@@ -76,6 +76,7 @@ class Student:
     running: dict = field(default_factory=dict)
     weights: dict = field(default_factory=dict)  # task -> (handed-in weights as one vector, their shapes)
     checkpoint_sha256: dict = field(default_factory=dict)  # task -> the handed-in file's sha256, as the grader read it
+    pictures: dict = field(default_factory=dict)  # task -> evidence.task_pictures: what the class page shows
 
     def __post_init__(self):
         self.name = clean_text(self.name if self.name is not None else self.folder.name, 200)

@@ -27,6 +27,7 @@ from tools.autograde.phases import MAX_SUBMISSION_BYTES, read_untrusted
 from tools.kit import ROOT, SOLUTION_FILE, strip_solution
 # The two views, in files of their own (the tree view's rewriting in tree_rewrite.py):
 from tools.autograde.token_view import NAME, STRING, defined_names, import_bindings, normalised_tokens  # noqa: F401
+from tools.autograde.token_view import normalised_tokens_and_lines
 from tools.autograde.tree_view import TREE, TREE_KGRAM, TREE_WINDOW, tree_sequences
 
 # Tokens per k-gram and k-grams per winnowing window: any common run of KGRAM + WINDOW - 1 = 14 tokens
@@ -187,3 +188,72 @@ def similarity_report(records: list, folders: dict, weights: dict = None, digest
             for b in names[i + 1:]:
                 pairs.append({"kind": "same-checkpoint", "task": task, "students": [a, b], "value": 1.0})
     return pairs, notes
+
+
+# ---------------------------------------------------------------- the shared passages, for a TA to read
+# At most PASSAGES passages of a pair, each at most PASSAGE_LINES lines of either file: what the class page
+# shows beside the flag (grades.json keeps them too), enough to judge by, never a whole long file.
+PASSAGES = 8
+PASSAGE_LINES = 40
+
+
+def shared_passages(text_a: str, text_b: str, template: str = None) -> list:
+    """The passages two files share in the token view (the view a copy keeps when it renames, re-lays
+    out and reorders code): [{"a": [first, last line], "b": [first, last line]}], longest first. Each is
+    a run of k-grams (beyond the starter template's) found in the same order in both files, merged with
+    the next run when both files go on within two lines. A copy rewritten statement by statement shares
+    few runs (the tree view found it): then few or no passages, and the files are to be read whole."""
+    template = lab_template() if template is None else template
+    removed = _template_kgrams(template)
+    (tokens_a, lines_a), (tokens_b, lines_b) = normalised_tokens_and_lines(text_a), normalised_tokens_and_lines(text_b)
+    hashes_a, hashes_b = kgram_hashes(tokens_a), kgram_hashes(tokens_b)
+    where_b = {}
+    for position, value in enumerate(hashes_b):
+        if value not in removed:
+            where_b.setdefault(value, []).append(position)
+    runs, i = [], 0
+    while i < len(hashes_a):  # greedy: the longest run of B's that starts with A's k-gram i
+        best = (0, 0)
+        for start in where_b.get(hashes_a[i], [])[:50]:  # a common idiom's many places: the first 50 do
+            length = 1
+            while i + length < len(hashes_a) and start + length < len(hashes_b) \
+                    and hashes_a[i + length] == hashes_b[start + length]:
+                length += 1
+            best = max(best, (length, -start))
+        if best[0]:
+            length, start = best[0], -best[1]
+            last = length + KGRAM - 2  # the run's last token, counted from its first
+            runs.append([lines_a[i], lines_a[i + last], lines_b[start], lines_b[start + last]])
+            i += length
+        else:
+            i += 1
+    passages = []
+    for run in runs:
+        if passages and 0 <= run[0] - passages[-1][1] <= 2 and 0 <= run[2] - passages[-1][3] <= 2:
+            passages[-1][1], passages[-1][3] = max(passages[-1][1], run[1]), max(passages[-1][3], run[3])
+        else:
+            passages.append(run)
+    passages.sort(key=lambda p: (-(p[1] - p[0]), p[0]))
+    return [{"a": [a0, min(a1, a0 + PASSAGE_LINES - 1)], "b": [b0, min(b1, b0 + PASSAGE_LINES - 1)]}
+            for a0, a1, b0, b1 in passages[:PASSAGES]]
+
+
+def add_passages(pairs: list, folders: dict) -> None:
+    """Give each similar-source pair its shared passages, with their text ({"a": [first, last], "a_text",
+    "b", "b_text"}, a and b the pair's students in order), read from the grader's copies of the files
+    (`folders`: student -> their copy). A pair whose files cannot be read gets a note instead: the page
+    is an extra, and the pair stands."""
+    for pair in pairs:
+        if pair.get("kind") != "similar-source":
+            continue
+        try:
+            texts = [read_source(folders[name] / SOLUTION_FILE) for name in pair["students"]]
+            passages = shared_passages(*texts)
+            lines = [text.splitlines() for text in texts]
+            for passage in passages:
+                for side, file_lines in zip("ab", lines):
+                    first, last = passage[side]
+                    passage[f"{side}_text"] = "\n".join(file_lines[first - 1:last])
+            pair["passages"] = passages
+        except Exception as error:  # RecursionError, MemoryError, a file gone: the pair stands without them
+            pair["passages_note"] = f"shared passages not found: {one_line(error)}"

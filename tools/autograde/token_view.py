@@ -74,7 +74,7 @@ def _defined_names(tree: ast.AST) -> tuple:
 
 
 def _code_tokens(text: str) -> list:
-    """(type, string) of the file's tokens but comments, blank lines and the encoding; a file that
+    """(type, string, line) of the file's tokens but comments, blank lines and the encoding; a file that
     stops tokenizing (an unclosed bracket or string) keeps the tokens before the error."""
     tokens = []
     try:
@@ -82,7 +82,7 @@ def _code_tokens(text: str) -> list:
             if token.type in (tokenize.COMMENT, tokenize.NL, tokenize.ENCODING) \
                     or token.type == tokenize.ERRORTOKEN and token.string.isspace():
                 continue
-            tokens.append((token.type, token.string))
+            tokens.append((token.type, token.string, token.start[0]))
     except (tokenize.TokenError, SyntaxError):
         pass
     return tokens
@@ -93,12 +93,22 @@ def normalised_tokens(text: str) -> list:
     string contents or the names the file defines: those names all become NAME (library names such
     as torch, nn.Linear, F.relu stay), every string literal STRING, and a statement that is only a
     string (a docstring) is dropped. In a file that does not parse every identifier becomes NAME."""
+    return normalised_tokens_and_lines(text)[0]
+
+
+def normalised_tokens_and_lines(text: str) -> tuple:
+    """(normalised_tokens(text), the line of the file each of them comes from): to show a TA the lines
+    that two files share (similarity.shared_passages)."""
     defined = defined_names(text)
     bindings = import_bindings(text)
     tokens = _code_tokens(text)
-    out, previous, i = [], (tokenize.NEWLINE, ""), 0
+    out, lines, previous, i = [], [], (tokenize.NEWLINE, "", 0), 0
+
+    def emit(*strings):
+        out.extend(strings)
+        lines.extend([tokens[i][2]] * len(strings))
     while i < len(tokens):
-        kind, string = tokens[i]
+        kind, string, _ = tokens[i]
         if kind == tokenize.STRING:
             end = i + 1
             while end < len(tokens) and tokens[end][0] == tokenize.STRING:
@@ -106,26 +116,25 @@ def normalised_tokens(text: str) -> list:
             alone = previous[0] in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT) \
                 and (end == len(tokens) or tokens[end][0] in (tokenize.NEWLINE, tokenize.ENDMARKER))
             if not alone:
-                out.append(STRING)  # implicitly joined strings are one literal
+                emit(STRING)  # implicitly joined strings are one literal
             previous, i = tokens[end - 1], end
             continue
         if kind == tokenize.NAME and not keyword.iskeyword(string):
             if previous[1] != "." and string in bindings and (defined is None or string not in defined[0]):
                 # an imported name as its full path: T.zeros, torch.zeros; Linear, nn.Linear, torch.nn.Linear
                 path = bindings[string].split(".")
-                out.extend(token for part in path for token in (part, "."))
-                out.pop()
+                emit(*[token for part in path for token in (part, ".")][:-1])
             elif defined is None:
-                out.append(NAME)
+                emit(NAME)
             elif previous[1] in ("(", ",") and i + 1 < len(tokens) and tokens[i + 1][1] == "=":
                 # a keyword argument, the callee's parameter: `device=device` must read as `device=dev`
                 # once a copy renames its own argument, and a copy renames its own functions' keywords
-                out.append(NAME)
+                emit(NAME)
             else:
                 names, attributes = defined
-                out.append(NAME if string in (attributes if previous[1] == "." else names) else string)
+                emit(NAME if string in (attributes if previous[1] == "." else names) else string)
         elif kind not in _LAYOUT:
-            out.append(string)
+            emit(string)
         previous, i = tokens[i], i + 1
-    return out
+    return out, lines
 
