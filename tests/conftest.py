@@ -104,3 +104,17 @@ def trained(tmp_path_factory, tiny_valid):
             "--valid_data", tiny_valid, *TINY_TRAIN)
         runs[task] = (run_dir, base / f"{task}.pth")
     return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_train(tmp_path_factory):
+    """The first 2,000 training images: the autograder batch's training split and the copy check's bank."""
+    return first_images(tmp_path_factory, "train", 2000)
+
+
+@pytest.fixture(scope="session")
+def graded(tmp_path_factory, tiny_valid, tiny_train):
+    """The autograder's test batch (tests/autograde_batch.py), graded once for every test file that reads it:
+    {"base", "out", "rows", "records", "report", "stdout", "seconds", ...}."""
+    from autograde_batch import grade_test_batch
+    return grade_test_batch(tmp_path_factory.mktemp("autograde"), tiny_valid, tiny_train)
