@@ -1,4 +1,4 @@
-"""The model contract of SPEC.md, for submission.VAE, submission.GenModel and model.VAE."""
+"""The model contract (contract.py, the README's "The contract"), for submission.VAE, submission.GenModel and model.VAE."""
 from pathlib import Path
 
 import numpy as np
