@@ -107,7 +107,7 @@ def student_rows(record: dict, pictures: dict, report: dict) -> str:
         value = tasks.get(task, {}).get(key)
         cells.append(f'<td class="number" data-sort="{"" if value is None else repr(value)}">'
                      f"{number(value, digits)}</td>")
-    cells += [f"<td>{' '.join(flag_badge(f) for f in flags)}</td>",
+    cells += [f"<td>{flag_badges(flags)}</td>",
               f'<td class="note">{"<br>".join(text(n, 600) for n in record.get("notes", []))}</td>',
               f'<td class="error">{"<br>".join(text(e, 600) for e in record.get("errors", []))}</td>',
               f"<td>{text(record.get('isolation'), 300)}</td>",
@@ -119,9 +119,15 @@ def student_rows(record: dict, pictures: dict, report: dict) -> str:
             f"detail</summary>{detail(record, pictures, report)}</details></td></tr></tbody>")
 
 
-def flag_badge(flag: dict) -> str:
-    where = f"{flag['task']}: " if flag.get("task") else ""
-    return f'<span class="flag" title="{text(FLAG_WORDS.get(flag["flag"], ""))}">{text(where + flag["flag"])}</span>'
+def flag_badges(flags: list) -> str:
+    """One badge per kind of flag and task, with its count (a student like three others: 'similar-source x3')."""
+    counts = {}
+    for flag in flags:
+        key = (flag.get("task") or "", flag["flag"])
+        counts[key] = counts.get(key, 0) + 1
+    return " ".join(f'<span class="flag" title="{text(FLAG_WORDS.get(name, ""))}">'
+                    f'{text((task + ": " if task else "") + name)}{f" x{count}" if count > 1 else ""}</span>'
+                    for (task, name), count in counts.items())
 
 
 def graded_images(entry: dict, arrays: dict):

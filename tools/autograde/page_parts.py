@@ -30,7 +30,7 @@ img.digits { image-rendering: pixelated; background: #606060; }
         padding: 0 4px; margin: 1px; font-size: 12px; white-space: nowrap; }
 .error { color: #a00000; }
 .note { color: #555; }
-td.note, td.error { max-width: 26em; font-size: 12px; overflow-wrap: anywhere; }
+td.note, td.error { min-width: 16em; max-width: 26em; font-size: 12px; overflow-wrap: anywhere; }
 pre { background: #f6f6f6; padding: 4px; overflow-x: auto; font-size: 12px; margin: 0; }
 figure { display: inline-block; margin: 4px 12px 4px 0; text-align: center; font-size: 12px; }
 .wrong { color: #c00000; font-weight: bold; }
