@@ -26,7 +26,7 @@ from autograde_batch import (BUDGET, CHEATS, CHEATS_DIR, HONEST, ISOLATED, MARKE
 from conftest import ROOT
 from data_utils import LabError, atomic_torch_save, load_split
 from tools import autograde, sandbox
-from tools.autograde import cache, intake, integrity, orchestration, phases, policy, reports, similarity
+from tools.autograde import cache, intake, integrity, orchestration, phases, policy, reads, reports, similarity
 from trainer import TrainConfig
 
 pytestmark = pytest.mark.slow  # whole autograder batches
@@ -584,7 +584,7 @@ def test_a_task_failing_in_a_phase_leaves_the_other_task_graded(tmp_path, monkey
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").unlink()
     (tmp_path / "work" / "Genwithlabel" / "recon.npy").symlink_to(secret)
     with pytest.raises(LabError, match="recon.npy is a symbolic link"):
-        phases.load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", tmp_path / "work", np.uint8, (1, 28, 28),
+        reads.load_array(tmp_path / "work" / "Genwithlabel" / "recon.npy", tmp_path / "work", np.uint8, (1, 28, 28),
                            "reconstruct")
 
 
@@ -697,16 +697,16 @@ def test_what_a_phase_wrote_is_read_without_links_blocking_files_or_unbounded_si
     np.save(other / "recon.npy", np.zeros((1, 28, 28), np.uint8))
     (work / "VAE0label").symlink_to(other)
     with pytest.raises(LabError, match="VAE0label/recon.npy: VAE0label is a symbolic link or not a folder"):
-        phases.load_array(work / "VAE0label" / "recon.npy", work, np.uint8, (1, 28, 28), "reconstruct")
+        reads.load_array(work / "VAE0label" / "recon.npy", work, np.uint8, (1, 28, 28), "reconstruct")
     os.mkfifo(work / "Genwithlabel" / "contract.json")
     started = time.perf_counter()
     with pytest.raises(LabError, match="Genwithlabel/contract.json is not a regular file"):
-        phases.read_untrusted(work / "Genwithlabel" / "contract.json", work, 1000)
+        reads.read_untrusted(work / "Genwithlabel" / "contract.json", work, 1000)
     assert time.perf_counter() - started < 1
     (work / "Genwithlabel" / "big.txt").write_bytes(b"x" * 5000)
     with pytest.raises(LabError, match="big.txt is 5,000 bytes, expected at most 1,000"):
-        phases.read_untrusted(work / "Genwithlabel" / "big.txt", work, 1000)
-    assert phases.read_untrusted(work / "Genwithlabel" / "absent.txt", work, 1000) is None
+        reads.read_untrusted(work / "Genwithlabel" / "big.txt", work, 1000)
+    assert reads.read_untrusted(work / "Genwithlabel" / "absent.txt", work, 1000) is None
 
 
 def test_text_a_students_process_wrote_cannot_break_the_tables(tmp_path):

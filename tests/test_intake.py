@@ -3,6 +3,7 @@ each kind of tree a student (or a classmate) can leave in a class folder, by han
 hypothesis, and the batch around it: whatever one hand-in holds, the table is written and every other
 student is graded."""
 import argparse
+import contextlib
 import csv
 import os
 import time
@@ -214,16 +215,31 @@ def quick_grade(batch, student):
     return student.record
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(entries=st.lists(st.tuples(NAMES, KINDS, st.integers(0, 50)), max_size=6), odd_name=NAMES)
-def test_whatever_one_hand_in_holds_the_table_is_written_and_the_others_are_graded(
-        tmp_path_factory, tiny_valid, entries, odd_name):
+@contextlib.contextmanager
+def quick_batch():
+    """The batch with quick_grade for its phases and no sandbox: yields the autograde argv of a class folder."""
     monkey = pytest.MonkeyPatch()
     monkey.setattr(orchestration, "grade_student", quick_grade)
     monkey.setattr(orchestration.Batch, "__init__", lambda self, args: setattr(self, "args", args)
                    or setattr(self, "isolate", False))
     monkey.setattr(orchestration.Batch, "write_budget", lambda self, folder: None)
+    parser = argparse.ArgumentParser()
+    autograde.add_arguments(parser)
+
+    def parse(students, out, data):
+        return parser.parse_args([str(students), "--out", str(out), "--data_path", str(data), "--valid_data", str(data),
+                                  "--train_data", str(data), "--no_isolation"])
     try:
+        yield parse
+    finally:
+        monkey.undo()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.tuples(NAMES, KINDS, st.integers(0, 50)), max_size=6), odd_name=NAMES)
+def test_whatever_one_hand_in_holds_the_table_is_written_and_the_others_are_graded(
+        tmp_path_factory, tiny_valid, entries, odd_name):
+    with quick_batch() as parse:
         base = tmp_path_factory.mktemp("batch")
         students = base / "class"
         for name in ("alice", "zoe"):
@@ -232,20 +248,14 @@ def test_whatever_one_hand_in_holds_the_table_is_written_and_the_others_are_grad
         odd = os.fsencode(students) + b"/" + odd_name
         if not os.path.lexists(odd) and odd_name not in (b"alice", b"zoe") and not odd_name.startswith(b"."):
             build(odd, entries, os.fsencode(students / "alice" / "submission.py"))
-        parser = argparse.ArgumentParser()
-        autograde.add_arguments(parser)
         out = base / "grades" / "grades.csv"
-        args = parser.parse_args([str(students), "--out", str(out), "--data_path", str(tiny_valid),
-                                  "--valid_data", str(tiny_valid), "--train_data", str(tiny_valid), "--no_isolation"])
-        records = autograde.autograde(args)
+        records = autograde.autograde(parse(students, out, tiny_valid))
         with open(out, newline="") as handle:
             rows = {row["student"]: row for row in csv.DictReader(handle)}
         assert rows["alice"]["errors"] == "" and rows["zoe"]["errors"] == ""
         assert float(rows["alice"]["VAE0label_grade"]) == len(b"alice = 1\n") % 7
         assert len(records) == len(rows) == len(orchestration.student_folders(students))
         assert not (base / "grades" / "grades_intake").exists()  # the copies are the run's only
-    finally:
-        monkey.undo()
 
 
 def test_two_students_never_share_a_row_a_slot_or_a_name(tmp_path, tiny_valid):
@@ -256,22 +266,13 @@ def test_two_students_never_share_a_row_a_slot_or_a_name(tmp_path, tiny_valid):
     assert orchestration.student_slot("a b") != orchestration.student_slot("a_b")
     assert orchestration.student_slot("a b") == orchestration.student_slot("a b")
     assert orchestration.student_slot(".hidden") != ".hidden"
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(orchestration, "grade_student", quick_grade)
-    monkey.setattr(orchestration.Batch, "__init__", lambda self, args: setattr(self, "args", args)
-                   or setattr(self, "isolate", False))
-    monkey.setattr(orchestration.Batch, "write_budget", lambda self, folder: None)
-    try:
+    with quick_batch() as parse:
         students = tmp_path / "class"
         for suffix, source in (("_1_copier", "x = 1\n" * 3), ("_2_honest", "y = 2\n")):
             (students / ("s" * 200 + suffix)).mkdir(parents=True)
             (students / ("s" * 200 + suffix) / "submission.py").write_text(source)
-        parser = argparse.ArgumentParser()
-        autograde.add_arguments(parser)
         out = tmp_path / "grades" / "grades.csv"
-        args = [str(students), "--out", str(out), "--data_path", str(tiny_valid), "--valid_data", str(tiny_valid),
-                "--train_data", str(tiny_valid), "--no_isolation"]
-        records = autograde.autograde(parser.parse_args(args))
+        records = autograde.autograde(parse(students, out, tiny_valid))
         names = [record["student"] for record in records]
         assert len(set(names)) == 2
         with open(out, newline="") as handle:
@@ -281,7 +282,5 @@ def test_two_students_never_share_a_row_a_slot_or_a_name(tmp_path, tiny_valid):
         # a rerun after a folder sorting before both is added: each keeps its own saved result and name
         (students / "a b").mkdir()
         (students / "a b" / "submission.py").write_text("z = 3\n")
-        again = autograde.autograde(parser.parse_args(args))
+        again = autograde.autograde(parse(students, out, tiny_valid))
         assert [record["student"] for record in again][1:] == names
-    finally:
-        monkey.undo()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from tools.autograde import reports, similarity
+from tools.autograde import reports, similarity, token_view
 from tools.autograde.similarity import SOURCE_SIMILARITY, containment, fingerprints, source_similarity
 
 SUBMISSIONS, CHEATS_DIR = ROOT / "tests" / "submissions", ROOT / "tests" / "cheats"
@@ -129,7 +129,7 @@ def test_kgram_hashes_are_stable_across_processes():
 def test_tokens_drop_names_strings_comments_and_docstrings_but_keep_library_names():
     text = ('import torch\n\n\ndef scale(x, factor=2):\n    """Doc."""\n    y = torch.relu(x) * factor  # why\n'
             '    mean = y.mean()\n    return y.sum(dim="a" "b") - mean\n')
-    name, string = similarity.NAME, similarity.STRING
+    name, string = token_view.NAME, token_view.STRING
     assert similarity.normalised_tokens(text) == [
         "import", "torch", "def", name, "(", name, ",", name, "=", "2", ")", ":",
         name, "=", "torch", ".", "relu", "(", name, ")", "*", name,
@@ -416,7 +416,7 @@ def test_a_deeply_nested_line_does_not_raise(tmp_path, terms):
     nested = COPIED_A + "\n\nTOTAL = " + " + ".join(f"a{i}" for i in range(terms)) + "\n"
     # ast.parse takes the 600 terms (and Python compiles them) but gives up on 5000 (RecursionError in 3.11):
     # that file is compared with every identifier renamed, which keeps library names apart no more.
-    assert (similarity.defined_names(nested) is None) == (terms == 5000)
+    assert (token_view.defined_names(nested) is None) == (terms == 5000)
     pairs, notes = grade_folders(tmp_path, {"nested": nested, "copied_b": COPIED_B})
     assert notes == []
     if terms == 600:  # the copy is still found, the sum being one more dilution

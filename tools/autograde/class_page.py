@@ -11,8 +11,8 @@ from pathlib import Path
 from data_utils import atomic_write_bytes
 from tasks import TASK_RECORDS, TASKS
 from tools.autograde import feedback
-from tools.autograde.page_parts import (FLAG_WORDS, document, number, picture, readings_table, source_lines, terms,
-                                        text)
+from tools.autograde.page_parts import (FLAG_WORDS, document, facts_table, number, picture, readings_table, source_lines,
+                                        terms, text)
 
 THUMBNAIL = 2  # the table's pictures at half their size (page_parts.picture's shrink); the detail's whole
 
@@ -165,8 +165,7 @@ def detail(record: dict, pictures: dict, report: dict) -> str:
             ("precision", entry.get("precision") or ""), ("graded from", entry.get("graded_from", ""))]
         facts += [(f"{kind} grade", number(entry[kind]["score"], 2)) for kind in ("forward", "verified", "perturbed")
                   if kind in entry]
-        parts.append(f"<h3>{task}</h3><table>"
-                     + "".join(f"<tr><th>{text(k)}</th><td>{text(v)}</td></tr>" for k, v in facts) + "</table>")
+        parts.append(f"<h3>{task}</h3>{facts_table(facts)}")
         if not arrays:
             parts.append("<p>No pictures kept for this task.</p>")
             continue
@@ -179,7 +178,7 @@ def detail(record: dict, pictures: dict, report: dict) -> str:
         parts.append(evidence(flag, record, pictures.get(flag.get("task", ""), {}), report))
     facts = [("isolation", record.get("isolation")), ("host", record.get("host")),
              ("seconds", record.get("seconds")), ("hand-in sha256", record.get("hand_in_sha256"))]
-    parts.append("<table>" + "".join(f"<tr><th>{k}</th><td>{text(v)}</td></tr>" for k, v in facts) + "</table>")
+    parts.append(facts_table(facts))
     return "\n".join(parts)
 
 

@@ -7,7 +7,8 @@ was which (decode_1 and decode_2 are both called "decode" here), no digest. No s
 import re
 
 from tasks import TASK_RECORDS, TASKS
-from tools.autograde.page_parts import (FLAG_WORDS, PAIR_FLAGS, document, picture, readings_table, terms, text)
+from tools.autograde.page_parts import (FLAG_WORDS, PAIR_FLAGS, document, facts_table, picture, readings_table, terms,
+                                        text)
 
 # The first words of an error, in plain words: the phase it came from and what that means for the student.
 ERROR_WORDS = [
@@ -72,9 +73,8 @@ def task_section(task: str, entry: dict, arrays: dict, flags: list) -> str:
     cap = TASK_RECORDS[task].cap
     if not entry or entry.get("score") is None:
         return f"<h2>{task}: not graded (0 / {cap:g})</h2><p>See what went wrong below.</p>"
-    parts = [f"<h2>{task}</h2><table>" + "".join(f"<tr><th>{k}</th><td>{text(v)}</td></tr>" for k, v in terms(task, entry))
-             + f"<tr><th>latent_dim</th><td>{text(entry.get('latent_dim'))}</td></tr>"
-             + f"<tr><th>model</th><td>{text(entry.get('source'))}</td></tr></table>"]
+    parts = [f"<h2>{task}</h2>" + facts_table(terms(task, entry) + [("latent_dim", entry.get("latent_dim")),
+                                                                    ("model", entry.get("source"))])]
     graded_from = entry.get("graded_from", "forward")
     words = GRADED_FROM.get(graded_from, "from the decode of your codes moved a little (see the flags below)")
     parts.append(f"<p>Your reconstructions were graded {words}.</p>")

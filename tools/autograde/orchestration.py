@@ -26,8 +26,8 @@ from tools.autograde.batch import Batch, process_batch
 from tools.autograde.class_page import write_pages
 from tools.autograde.evidence import task_pictures
 from tools.autograde.intake import shown, take_in
-from tools.autograde.phases import (MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, Phases, Student, build_lab,
-                                    clean_text, copy_untrusted, load_array, phase_json, read_untrusted)
+from tools.autograde.phases import MAX_CHECKPOINT_BYTES, MAX_SUBMISSION_BYTES, Phases, Student, build_lab
+from tools.autograde.reads import clean_text, copy_untrusted, load_array, phase_json, read_untrusted
 from tools.autograde.policy import grade_task, source_latent_dim
 from tools.autograde.reports import write_tables
 from tools.autograde.similarity import add_passages, similarity_report

@@ -7,10 +7,10 @@ from the uint8 arrays the grader kept (evidence.py), never copied from a hand-in
 request: its pictures are data: URIs and its Content-Security-Policy allows nothing else."""
 import base64
 import html
-import io
 
 import numpy as np
 
+from outputs import png_bytes
 from tasks import TASK_RECORDS
 from tools.autograde.reads import clean_text
 
@@ -87,10 +87,7 @@ def grid(rows: list, columns: int = None) -> np.ndarray:
 
 def png_uri(picture: np.ndarray) -> str:
     """A uint8 [H, W] array as a data: URI of a grey PNG."""
-    from PIL import Image
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(picture, dtype=np.uint8), mode="L").save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png_bytes(picture, optimize=True)).decode("ascii")
 
 
 def picture(rows: list, title: str, shrink: int = 1, columns: int = None) -> str:
@@ -115,6 +112,11 @@ def terms(task: str, entry: dict) -> list:
         rows.append(("FID", number(entry.get("fid"), 3)))
     rows.append(("bonus", number(entry.get("bonus"), 3)))
     return rows
+
+
+def facts_table(facts) -> str:
+    """(name, value) rows as a two-column table; names and values are escaped alike."""
+    return "<table>" + "".join(f"<tr><th>{text(name)}</th><td>{text(value)}</td></tr>" for name, value in facts) + "</table>"
 
 
 def readings_table(samples: np.ndarray, readings: np.ndarray) -> str:

@@ -27,8 +27,7 @@ from data_utils import IMAGE_SHAPE, NUM_CLASSES, ROOT, LabError
 from tasks import TASK_RECORDS
 from tools import sandbox
 from tools.autograde.integrity import perturbed_codes
-from tools.autograde.reads import (clean_text, copy_untrusted, load_array, phase_json, read_untrusted,  # noqa: F401
-                                   untrusted_file)  # the safe reads, for the callers that know them as phases'
+from tools.autograde.reads import clean_text, copy_untrusted, load_array, phase_json, read_untrusted
 from tools.kit import SOLUTION_FILE
 
 PHASE_SCRIPT = "autograde_inside.py"

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from data_utils import atomic_write_bytes
-from tools.autograde.phases import clean_text
+from tools.autograde.reads import clean_text
 
 TABLE_COLUMNS = ["student",
                  "VAE0label_ssim", "VAE0label_mse", "VAE0label_grade", "VAE0label_source", "VAE0label_precision",

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from contract import one_line
-from tools.autograde.phases import MAX_SUBMISSION_BYTES, read_untrusted
+from tools.autograde.phases import MAX_SUBMISSION_BYTES
+from tools.autograde.reads import read_untrusted
 from tools.kit import ROOT, SOLUTION_FILE, strip_solution
 # The two views, in files of their own (the tree view's rewriting in tree_rewrite.py):
-from tools.autograde.token_view import NAME, STRING, defined_names, import_bindings, normalised_tokens  # noqa: F401
+from tools.autograde.token_view import normalised_tokens
 from tools.autograde.token_view import normalised_tokens_and_lines
 from tools.autograde.tree_view import TREE, TREE_KGRAM, TREE_WINDOW, tree_sequences
 
